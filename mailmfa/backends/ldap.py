@@ -1,0 +1,266 @@
+"""LDAP adapter (ldap3): finds the user and token, checks the password by binding as
+the user, and advances the token's last step with a compare-and-swap modify.
+
+One connection per Directory; the service identity is re-established with a rebind
+after the user bind, which is cheaper than a second TCP (or TLS) connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+
+from mailmfa.backends.ports import BackendUnavailable
+from mailmfa.config import Config
+from mailmfa.core.ldapescape import fill_filter
+from mailmfa.core.types import ALGORITHM_OIDS, Token, TotpParams, UserRecord
+
+# Bind result codes that mean "these credentials are not good" rather than "the
+# directory cannot answer now": invalidCredentials, inappropriateAuthentication,
+# insufficientAccessRights, unwillingToPerform (e.g. a disabled account),
+# constraintViolation (ppolicy lockout).
+_REFUSED_BIND = {49, 48, 50, 53, 19}
+_NO_SUCH_OBJECT = 32
+
+
+def _first(attrs: dict[str, list[bytes]], name: str) -> bytes | None:
+    for key, values in attrs.items():
+        if key.lower() == name.lower() and values:
+            return values[0]
+    return None
+
+
+def _int_or(value: bytes | None, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        return default
+
+
+def _same_dn(a: str, b: str) -> bool:
+    return a.replace(" ", "").lower() == b.replace(" ", "").lower()
+
+
+def generalized_time(now: float) -> str:
+    """LDAP GeneralizedTime (UTC, whole seconds)."""
+    return time.strftime("%Y%m%d%H%M%SZ", time.gmtime(now))
+
+
+class LdapDirectory:
+    """Directory port over ldap3. Not thread-safe: one instance per concurrent login."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.attrs = config.ldap.attributes
+        self._conn = None
+        self._as_service = False
+
+    # -- connection -------------------------------------------------------------------
+    def _connect(self):
+        import ssl
+
+        import ldap3
+        from ldap3.core import exceptions as lx
+
+        cfg = self.config.ldap
+        seconds = max(1, round(cfg.timeout))  # ldap3 packs socket timeouts as integers
+        tls = None
+        if cfg.starttls or any(u.startswith("ldaps://") for u in cfg.uris):
+            tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=cfg.ca_file or None)
+        errors = []
+        for uri in cfg.uris:
+            try:
+                server = ldap3.Server(uri, get_info=ldap3.NONE, tls=tls, connect_timeout=seconds)
+                conn = ldap3.Connection(
+                    server,
+                    receive_timeout=seconds,
+                    raise_exceptions=False,
+                    read_only=False,
+                    auto_referrals=False,
+                )
+                conn.open()
+                if cfg.starttls and not conn.start_tls():
+                    raise BackendUnavailable("ldap_unavailable", f"{uri}: StartTLS failed")
+                return conn
+            except (lx.LDAPException, OSError) as exc:
+                errors.append(f"{uri}: {type(exc).__name__}")
+        raise BackendUnavailable("ldap_unavailable", "; ".join(errors))
+
+    def _bind_service(self) -> None:
+        from ldap3.core import exceptions as lx
+
+        if self._conn is not None and self._as_service:
+            return
+        password = self.config.read_bind_password()
+        try:
+            if self._conn is None:
+                self._conn = self._connect()
+            if self.config.ldap.bind_dn:
+                ok = self._conn.rebind(user=self.config.ldap.bind_dn, password=password)
+            else:
+                ok = self._conn.bind()
+        except (lx.LDAPException, OSError) as exc:
+            self.close()
+            raise BackendUnavailable("ldap_unavailable", type(exc).__name__) from None
+        if not ok:
+            code = self._conn.result.get("result") if self._conn.result else None
+            self.close()
+            if code in _REFUSED_BIND:
+                raise BackendUnavailable("service_bind_failed", f"result={code}")
+            raise BackendUnavailable("ldap_unavailable", f"service bind result={code}")
+        self._as_service = True
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.unbind()
+            except Exception:  # noqa: BLE001 - closing must never raise
+                pass
+        self._conn = None
+        self._as_service = False
+
+    def _search(self, base: str, flt: str, scope: str, attrs: list[str], size: int) -> list[dict]:
+        from ldap3.core import exceptions as lx
+
+        self._bind_service()
+        try:
+            ok = self._conn.search(
+                base, flt, search_scope=scope, attributes=attrs, size_limit=size,
+                time_limit=max(1, round(self.config.ldap.timeout)),
+            )
+        except (lx.LDAPException, OSError) as exc:
+            self.close()
+            raise BackendUnavailable("ldap_unavailable", type(exc).__name__) from None
+        code = self._conn.result.get("result") if self._conn.result else None
+        if not ok and code not in (0, _NO_SUCH_OBJECT, 4):  # 4: sizeLimitExceeded
+            self.close()
+            raise BackendUnavailable("ldap_unavailable", f"search result={code}")
+        if code == 4:
+            return [{}, {}]  # more than `size`: the caller treats it as ambiguous
+        return [
+            {"dn": e["dn"], "attrs": e.get("raw_attributes", {})}
+            for e in self._conn.response or []
+            if e.get("type") == "searchResEntry"
+        ]
+
+    # -- Directory port -----------------------------------------------------------------
+    def _token_attr_names(self) -> list[str]:
+        a = self.attrs
+        return [a.secret, a.params, a.last_step, a.drift]
+
+    def lookup(self, user: str) -> UserRecord | None:
+        cfg = self.config.ldap
+        flt = fill_filter(cfg.user_filter, user)
+        found = self._search(cfg.user_base, flt, "SUBTREE", [self.attrs.token, *self._token_attr_names()], 2)
+        if len(found) != 1:
+            return None  # unknown, or ambiguous: never guess which entry is meant
+        dn, attrs = found[0]["dn"], found[0]["attrs"]
+        link = _first(attrs, self.attrs.token)
+        if link is None:
+            return UserRecord(user, dn, None)
+        token_dn = link.decode("utf-8", "replace")
+        if not _same_dn(token_dn, dn):
+            tok = self._search(token_dn, "(objectClass=*)", "BASE", self._token_attr_names(), 1)
+            if not tok:
+                # a dangling link is a provisioning error: fail closed, but not as "no token"
+                raise BackendUnavailable("token_missing", "token entry not found")
+            attrs = tok[0]["attrs"]
+        return UserRecord(user, dn, self._token(token_dn, attrs))
+
+    def _token(self, token_dn: str, attrs: dict[str, list[bytes]]) -> Token:
+        a = self.attrs
+        secret = _first(attrs, a.secret)
+        if not secret:
+            raise BackendUnavailable("token_missing", "token has no secret")
+        if self.config.ldap.secret_encoding == "base32":
+            try:
+                text = secret.decode("ascii").replace(" ", "").upper()
+                secret = base64.b32decode(text + "=" * (-len(text) % 8))
+            except (UnicodeDecodeError, binascii.Error):
+                raise BackendUnavailable("token_invalid", "secret is not base32") from None
+        params = self._params(_first(attrs, a.params))
+        last = _first(attrs, a.last_step)
+        return Token(
+            dn=token_dn,
+            secret=secret,
+            params=params,
+            last_step=int(last) if last is not None and last.strip().isdigit() else None,
+            drift=_int_or(_first(attrs, a.drift), 0),
+        )
+
+    def _params(self, params_dn: bytes | None) -> TotpParams:
+        t = self.config.totp
+        default = TotpParams(t.digits, t.period, t.algorithm, t.window)
+        if params_dn is None:
+            return default
+        a = self.attrs
+        found = self._search(
+            params_dn.decode("utf-8", "replace"), "(objectClass=*)", "BASE",
+            [a.digits, a.algorithm, a.period, a.window], 1,
+        )
+        if not found:
+            raise BackendUnavailable("token_invalid", "params entry not found")
+        attrs = found[0]["attrs"]
+        oid = _first(attrs, a.algorithm)
+        algorithm = ALGORITHM_OIDS.get(oid.decode("ascii", "replace")) if oid else default.algorithm
+        if algorithm is None:
+            raise BackendUnavailable("token_invalid", "unsupported oathHMACAlgorithm")
+        digits = _int_or(_first(attrs, a.digits), default.digits)
+        period = _int_or(_first(attrs, a.period), default.period)
+        window = _int_or(_first(attrs, a.window), default.window)
+        if not (6 <= digits <= 8 and 1 <= period <= 3600 and 0 <= window <= 10):
+            raise BackendUnavailable("token_invalid", "params out of range")
+        return TotpParams(digits, period, algorithm, window)
+
+    def verify_password(self, record: UserRecord, password: str) -> bool:
+        from ldap3.core import exceptions as lx
+
+        if not password:
+            return False  # an empty simple bind is anonymous: never a password check
+        self._bind_service()  # make sure a connection exists
+        self._as_service = False
+        try:
+            ok = self._conn.rebind(user=record.dn, password=password)
+        except lx.LDAPBindError:
+            ok = False
+        except (lx.LDAPException, OSError) as exc:
+            self.close()
+            raise BackendUnavailable("ldap_unavailable", type(exc).__name__) from None
+        if ok:
+            return True
+        code = self._conn.result.get("result") if self._conn.result else None
+        if code in _REFUSED_BIND:
+            return False
+        self.close()
+        raise BackendUnavailable("ldap_unavailable", f"user bind result={code}")
+
+    def record_success(self, record: UserRecord, step: int, now: float) -> bool:
+        from ldap3 import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE
+        from ldap3.core import exceptions as lx
+
+        token = record.token
+        assert token is not None
+        a = self.attrs
+        ops = []
+        if token.last_step is not None:
+            ops.append((MODIFY_DELETE, [str(token.last_step)]))
+        ops.append((MODIFY_ADD, [str(step)]))
+        changes = {a.last_step: ops, a.last_login: [(MODIFY_REPLACE, [generalized_time(now)])]}
+        self._bind_service()
+        try:
+            ok = self._conn.modify(token.dn, changes)
+        except (lx.LDAPException, OSError) as exc:
+            self.close()
+            raise BackendUnavailable("ldap_unavailable", type(exc).__name__) from None
+        if ok:
+            return True
+        code = self._conn.result.get("result") if self._conn.result else None
+        # noSuchAttribute (16): the old value is gone; attributeOrValueExists (20) or
+        # constraintViolation (19): a value appeared. Either way another login won.
+        if code in (16, 19, 20):
+            return False
+        self.close()
+        raise BackendUnavailable("ldap_unavailable", f"modify result={code}")

@@ -1,0 +1,242 @@
+"""The TOML configuration, read once per process into a frozen Config.
+
+Every key is declared below with its type and default; anything else is an error
+naming the key and the file, because a misspelt key silently ignored is how a
+security setting ends up off.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_PATH = "/etc/mailmfa/mailmfa.toml"
+ENV_VAR = "MAILMFA_CONFIG"
+
+
+class ConfigError(Exception):
+    """A config problem, worded for the admin: which file, which key, what is wrong."""
+
+
+@dataclass(frozen=True)
+class LdapAttributes:
+    """Attribute names, so directories without the OATH-LDAP schema can be used."""
+
+    token: str = "oathTOTPToken"
+    secret: str = "oathSecret"
+    params: str = "oathTOTPParams"
+    last_step: str = "oathTOTPLastTimeStep"
+    drift: str = "oathTOTPTimeStepDrift"
+    failure_count: str = "oathFailureCount"
+    last_failure: str = "oathLastFailure"
+    last_login: str = "oathLastLogin"
+    secret_time: str = "oathSecretTime"
+    digits: str = "oathOTPLength"
+    algorithm: str = "oathHMACAlgorithm"
+    period: str = "oathTOTPTimeStepPeriod"
+    window: str = "oathTOTPTimeStepWindow"
+
+
+@dataclass(frozen=True)
+class LdapConfig:
+    uris: tuple[str, ...] = ("ldap://127.0.0.1:389",)
+    starttls: bool = False
+    ca_file: str = ""
+    bind_dn: str = ""
+    bind_password_file: str = ""
+    user_base: str = ""
+    user_filter: str = "(&(objectClass=inetOrgPerson)(uid={user}))"
+    timeout: float = 3.0
+    secret_encoding: str = "raw"
+    otp_overlay: bool = False
+    attributes: LdapAttributes = field(default_factory=LdapAttributes)
+
+
+@dataclass(frozen=True)
+class TotpConfig:
+    digits: int = 6
+    period: int = 30
+    algorithm: str = "SHA1"
+    window: int = 1
+    issuer: str = "Mail"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    require_mfa: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    ldap: LdapConfig
+    totp: TotpConfig
+    policy: PolicyConfig
+
+    def read_bind_password(self) -> str:
+        """The service account's password; read on use so it is never part of repr()."""
+        path = self.ldap.bind_password_file
+        if not path:
+            return ""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"{self.path}: [ldap] bind_password_file: cannot read {path}: {exc.strerror}"
+            ) from None
+
+
+def _check_uri(v: str) -> str | None:
+    return None if v.startswith(("ldap://", "ldaps://", "ldapi://")) else "must start with ldap://, ldaps:// or ldapi://"
+
+
+def _one_of(*choices: str):
+    def check(v: str) -> str | None:
+        return None if v in choices else "must be one of " + ", ".join(repr(c) for c in choices)
+
+    return check
+
+
+def _range(lo: float, hi: float):
+    def check(v: float) -> str | None:
+        return None if lo <= v <= hi else f"must be between {lo} and {hi}"
+
+    return check
+
+
+def _nonempty(v: str) -> str | None:
+    return None if v else "must not be empty"
+
+
+def _user_filter(v: str) -> str | None:
+    if "{user}" not in v:
+        return "must contain {user}"
+    if not (v.startswith("(") and v.endswith(")")):
+        return "must be a parenthesised LDAP filter"
+    return None
+
+
+# section -> key -> (type, validator or None). Defaults come from the dataclasses.
+_SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
+    "ldap": {
+        "uris": (list, None),
+        "starttls": (bool, None),
+        "ca_file": (str, None),
+        "bind_dn": (str, None),
+        "bind_password_file": (str, None),
+        "user_base": (str, _nonempty),
+        "user_filter": (str, _user_filter),
+        "timeout": (float, _range(0.1, 60)),
+        "secret_encoding": (str, _one_of("raw", "base32")),
+        "otp_overlay": (bool, None),
+        "attributes": (dict, None),
+    },
+    "totp": {
+        "digits": (int, _range(6, 8)),
+        "period": (int, _range(10, 120)),
+        "algorithm": (str, _one_of("SHA1", "SHA256", "SHA512")),
+        "window": (int, _range(0, 10)),
+        "issuer": (str, _nonempty),
+    },
+    "policy": {
+        "require_mfa": (bool, None),
+    },
+}
+_REQUIRED = {("ldap", "user_base")}
+
+
+def _typecheck(path: str, where: str, value: Any, want: type) -> Any:
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want is int and isinstance(value, bool):
+        raise ConfigError(f"{path}: {where}: expected an integer, got {value!r}")
+    if not isinstance(value, want):
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+                list: "a list", dict: "a table"}[want]
+        raise ConfigError(f"{path}: {where}: expected {kind}, got {value!r}")
+    return value
+
+
+def parse(data: dict[str, Any], path: str = "<config>") -> Config:
+    """Validate a decoded TOML document into a Config; raises ConfigError naming the key."""
+    sections: dict[str, dict[str, Any]] = {}
+    for name, body in data.items():
+        if name not in _SCHEMA:
+            known = ", ".join(f"[{s}]" for s in _SCHEMA)
+            raise ConfigError(f"{path}: unknown section [{name}] (known: {known})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: {name} must be a table ([{name}])")
+        out: dict[str, Any] = {}
+        for key, value in body.items():
+            where = f"[{name}] {key}"
+            if key not in _SCHEMA[name]:
+                raise ConfigError(f"{path}: unknown key {where} (known: {', '.join(_SCHEMA[name])})")
+            want, check = _SCHEMA[name][key]
+            value = _typecheck(path, where, value, want)
+            problem = check(value) if check else None
+            if problem:
+                raise ConfigError(f"{path}: {where}: {value!r} {problem}")
+            out[key] = value
+        sections[name] = out
+    for sec, key in _REQUIRED:
+        if key not in sections.get(sec, {}):
+            raise ConfigError(f"{path}: [{sec}] {key} is required")
+
+    ldap = dict(sections.get("ldap", {}))
+    if "uris" in ldap:
+        uris = ldap["uris"]
+        if not uris or not all(isinstance(u, str) for u in uris):
+            raise ConfigError(f"{path}: [ldap] uris: expected a non-empty list of strings")
+        for u in uris:
+            problem = _check_uri(u)
+            if problem:
+                raise ConfigError(f"{path}: [ldap] uris: {u!r} {problem}")
+        ldap["uris"] = tuple(uris)
+    if "attributes" in ldap:
+        known = LdapAttributes.__dataclass_fields__
+        attrs = {}
+        for key, value in ldap["attributes"].items():
+            if key not in known:
+                raise ConfigError(
+                    f"{path}: unknown key [ldap.attributes] {key} (known: {', '.join(known)})"
+                )
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{path}: [ldap.attributes] {key}: expected an attribute name")
+            attrs[key] = value
+        ldap["attributes"] = LdapAttributes(**attrs)
+    if ldap.get("starttls") and any(u.startswith("ldaps://") for u in ldap.get("uris", ())):
+        raise ConfigError(f"{path}: [ldap] starttls: cannot be combined with ldaps:// uris")
+    return Config(
+        path=path,
+        ldap=LdapConfig(**ldap),
+        totp=TotpConfig(**sections.get("totp", {})),
+        policy=PolicyConfig(**sections.get("policy", {})),
+    )
+
+
+def resolve_path(explicit: str | None = None, environ: dict[str, str] | None = None) -> str:
+    """--config beats $MAILMFA_CONFIG beats the default."""
+    env = os.environ if environ is None else environ
+    return explicit or env.get(ENV_VAR) or DEFAULT_PATH
+
+
+def load(path: str) -> Config:
+    """Read and validate `path`. A config others can write is refused: it decides who logs in."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            raw = fh.read(1 << 20)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    if st.st_mode & stat.S_IWOTH:
+        raise ConfigError(f"{path}: config is writable by others; run: chmod o-w {path}")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(data, path)

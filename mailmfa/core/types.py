@@ -1,0 +1,79 @@
+"""Plain values passed between the pure core and its adapters.
+
+Frozen dataclasses so a verdict or a token can be shared by a resident daemon's
+threads without copying, and so nothing downstream can alter what the core decided.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+# OIDs used by the OATH-LDAP schema's oathHMACAlgorithm (RFC 8018 appendix B.1).
+ALGORITHM_OIDS = {
+    "1.2.840.113549.2.7": "SHA1",
+    "1.2.840.113549.2.9": "SHA256",
+    "1.2.840.113549.2.11": "SHA512",
+}
+OIDS_BY_ALGORITHM = {name: oid for oid, name in ALGORITHM_OIDS.items()}
+ALGORITHMS = ("SHA1", "SHA256", "SHA512")
+
+
+class Verdict(enum.Enum):
+    """What an entry point answers: the three outcomes every auth protocol can express."""
+
+    ACCEPT = "ok"
+    REJECT = "fail"
+    TEMPFAIL = "tempfail"
+
+
+@dataclass(frozen=True)
+class TotpParams:
+    digits: int = 6
+    period: int = 30
+    algorithm: str = "SHA1"
+    window: int = 1
+
+
+@dataclass(frozen=True)
+class Token:
+    """A user's TOTP token as stored; the secret never appears in repr()."""
+
+    dn: str
+    secret: bytes = field(repr=False)
+    params: TotpParams
+    last_step: int | None = None
+    drift: int = 0
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """A directory user as the login path needs it: where to bind, and the token if any."""
+
+    name: str
+    dn: str
+    token: Token | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One authentication attempt, protocol-independent.
+
+    `secret` is the password with the code appended; it never appears in repr().
+    """
+
+    user: str
+    secret: str = field(repr=False)
+    service: str = ""
+    rip: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer of authenticate(), with what an admin needs to act on it."""
+
+    verdict: Verdict
+    reason: str
+    user: str
+    dn: str = ""
+    step: int | None = None

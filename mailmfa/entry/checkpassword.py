@@ -1,0 +1,204 @@
+"""Dovecot checkpassword entry point (the protocol djb defined, as Dovecot 2.3 runs it).
+
+    mailmfa-checkpassword [--config FILE] REPLY-PROGRAM [ARGS...]
+
+Reads `user\\0password\\0timestamp\\0` from fd 3, decides, and then
+  - success: sets USER and execs the reply program (Dovecot's checkpassword-reply);
+  - exit 1: wrong credentials (the client sees "Authentication failed");
+  - exit 3: unknown user on a userdb lookup (AUTHORIZED=1);
+  - exit 111: temporary failure (directory down, config error, anything unexpected),
+    so an outage never looks like a wrong password and never lets anyone in;
+  - exit 2: usage error (run by hand without a reply program).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+EXIT_NOUSER = 3
+EXIT_TEMPFAIL = 111
+MAX_INPUT = 1024  # Dovecot refuses user+password over 512 bytes before it runs us
+
+USAGE = """\
+usage: mailmfa-checkpassword [--config FILE] REPLY-PROGRAM [ARGS...]
+
+Checks a mail login (password with the authenticator code appended) for Dovecot's
+checkpassword passdb/userdb. Input on file descriptor 3: user NUL password NUL
+timestamp NUL. Config: --config FILE, else $MAILMFA_CONFIG, else
+/etc/mailmfa/mailmfa.toml.
+
+Exit status: success execs REPLY-PROGRAM with USER set; 1 authentication failed;
+3 unknown user (userdb lookup); 111 temporary failure (LDAP unreachable, config
+error, internal error); 2 usage error.
+"""
+
+
+def read_fd3(limit: int = MAX_INPUT) -> bytes | None:
+    """Read the request from fd 3; None when it is larger than `limit` (refused whole)."""
+    chunks = []
+    size = 0
+    while True:
+        chunk = os.read(3, 4096)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_request(data: bytes) -> tuple[str, str] | None:
+    """(user, password) from the fd 3 bytes, or None when malformed or not UTF-8."""
+    fields = data.split(b"\0")
+    if len(fields) < 3:
+        return None
+    try:
+        return fields[0].decode("utf-8"), fields[1].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _parse_argv(argv: list[str]) -> tuple[str | None, list[str]] | str:
+    """(config path, reply command) or a string naming the usage problem."""
+    config = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                return "--config needs a FILE"
+            config = argv[i + 1]
+            i += 2
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+            i += 1
+        elif arg == "--":
+            i += 1
+            break
+        elif arg.startswith("-"):
+            return f"unknown option {arg}"
+        else:
+            break
+    reply = argv[i:]
+    if not reply:
+        return "missing REPLY-PROGRAM (Dovecot appends it; see --help)"
+    return config, reply
+
+
+def _remote_ip(env: dict[str, str]) -> str:
+    return env.get("TCPREMOTEIP") or env.get("REMOTE_IP") or env.get("AUTH_RIP") or ""
+
+
+def run(argv: list[str], env: dict[str, str]) -> int:
+    """Everything but the top-level catch; returns an exit code or execs."""
+    import time
+
+    from mailmfa import log
+
+    if argv and argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0
+    if argv and argv[0] == "--version":
+        from mailmfa import __version__
+
+        sys.stdout.write(f"mailmfa-checkpassword {__version__}\n")
+        return 0
+    parsed = _parse_argv(argv)
+    if isinstance(parsed, str):
+        sys.stderr.write(f"mailmfa-checkpassword: {parsed}\n")
+        return EXIT_USAGE
+    config_path, reply = parsed
+
+    started = time.monotonic()
+    service = env.get("SERVICE") or env.get("AUTH_SERVICE") or ""
+    rip = _remote_ip(env)
+    lookup = env.get("AUTHORIZED") == "1"
+    fields: dict[str, object] = {"result": None, "user": None, "rip": rip or None, "service": service or None}
+
+    def finish(result: str, reason: str, code: int, **extra: object) -> int:
+        fields.update(result=result, reason=reason, **extra)
+        fields["ms"] = round((time.monotonic() - started) * 1000, 1)
+        log.emit(fields)
+        return code
+
+    raw = read_fd3()
+    request = parse_request(raw) if raw is not None else None
+    if request is None:
+        return finish("fail", "bad_input", EXIT_FAIL)
+    user, secret = request
+    fields["user"] = user[:256]
+
+    from mailmfa import config as cfgmod
+
+    try:
+        cfg = cfgmod.load(cfgmod.resolve_path(config_path, env))
+    except cfgmod.ConfigError as exc:
+        return finish("tempfail", "config_error", EXIT_TEMPFAIL, error=str(exc))
+
+    from mailmfa.backends.ldap import LdapDirectory
+    from mailmfa.backends.ports import BackendUnavailable
+    from mailmfa.core.types import Request, Verdict
+
+    directory = LdapDirectory(cfg)
+    try:
+        if lookup:
+            try:
+                record = directory.lookup(user) if user else None
+            except BackendUnavailable as exc:
+                return finish("tempfail", exc.reason, EXIT_TEMPFAIL, lookup="userdb")
+            if record is None:
+                return finish("fail", "unknown_user", EXIT_NOUSER, lookup="userdb")
+            env_out = dict(env, USER=user, AUTHORIZED="2")
+            finish("ok", "userdb_lookup", 0, lookup="userdb")
+            return _exec_reply(reply, env_out)
+
+        from mailmfa.service import authenticate
+
+        outcome = authenticate(Request(user, secret, service, rip), directory, cfg, time.time())
+    finally:
+        directory.close()
+
+    if outcome.verdict is Verdict.ACCEPT:
+        finish("ok", outcome.reason, 0)
+        return _exec_reply(reply, dict(env, USER=user))
+    if outcome.verdict is Verdict.TEMPFAIL:
+        return finish("tempfail", outcome.reason, EXIT_TEMPFAIL)
+    return finish("fail", outcome.reason, EXIT_FAIL)
+
+
+def _exec_reply(reply: list[str], env: dict[str, str]) -> int:
+    try:
+        os.execve(reply[0], reply, env)
+    except OSError as exc:
+        from mailmfa import log
+
+        log.emit({"result": "tempfail", "reason": "reply_exec_failed", "program": reply[0],
+                  "error": exc.strerror})
+    return EXIT_TEMPFAIL
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry. Catches everything: an exception must be a temporary
+    failure (111), never Python's default exit 1, which Dovecot reads as a wrong password."""
+    try:
+        code = run(sys.argv[1:] if argv is None else argv, dict(os.environ))
+    except BaseException as exc:  # noqa: BLE001 - fail closed whatever happened
+        if isinstance(exc, SystemExit) and exc.code == 0:
+            code = 0
+        else:
+            try:
+                sys.stderr.write(
+                    f"mailmfa result=tempfail reason=internal_error error={type(exc).__name__}\n"
+                )
+            except Exception:  # noqa: BLE001
+                pass
+            code = EXIT_TEMPFAIL
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

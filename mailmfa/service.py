@@ -1,0 +1,77 @@
+"""authenticate(): the one login decision every entry point calls.
+
+No process-global state: everything arrives as arguments, so a resident daemon can
+serve many requests concurrently with the same function.
+"""
+
+from __future__ import annotations
+
+from mailmfa.backends.ports import BackendUnavailable, Directory
+from mailmfa.config import Config
+from mailmfa.core.policy import CODE_BAD, CODE_OK, CODE_REPLAY, check_code
+from mailmfa.core.split import split_code
+from mailmfa.core.types import Outcome, Request, Verdict
+
+MAX_USER = 256
+MAX_SECRET = 512
+
+# reason codes (the log contract: admins grep for these)
+OK = "ok"
+OK_NO_TOKEN = "ok_no_token"
+BAD_PASSWORD = "bad_password"
+BAD_CODE = "bad_code"
+REPLAY = "replay"
+NO_TOKEN = "no_token"
+UNKNOWN_USER = "unknown_user"
+BAD_INPUT = "bad_input"
+
+
+def _refuse(req: Request, reason: str, dn: str = "") -> Outcome:
+    return Outcome(Verdict.REJECT, reason, req.user, dn)
+
+
+def authenticate(req: Request, directory: Directory, config: Config, now: float) -> Outcome:
+    """Decide one login. Both factors are always evaluated; the outcome names the first
+    failing one for the log, and the protocol answer never tells the client which."""
+    if not req.user or len(req.user) > MAX_USER or len(req.secret) > MAX_SECRET:
+        return _refuse(req, BAD_INPUT)
+    if any(ord(c) < 0x20 or c == "\x7f" for c in req.user):
+        return _refuse(req, BAD_INPUT)
+    try:
+        record = directory.lookup(req.user)
+        if record is None:
+            return _refuse(req, UNKNOWN_USER)
+        token = record.token
+        if token is None:
+            if not req.secret or not directory.verify_password(record, req.secret):
+                return _refuse(req, BAD_PASSWORD, record.dn)
+            if config.policy.require_mfa:
+                return _refuse(req, NO_TOKEN, record.dn)
+            return Outcome(Verdict.ACCEPT, OK_NO_TOKEN, req.user, record.dn)
+
+        parts = split_code(req.secret, token.params.digits)
+        if parts is None:
+            return _refuse(req, BAD_CODE, record.dn)
+        password, code = parts
+        check = check_code(token, code, now)
+        if config.ldap.otp_overlay:
+            # slapd's otp overlay checks password+code at bind and advances the step
+            # itself; our own check only names the reason for the log.
+            if not password or not directory.verify_password(record, req.secret):
+                reason = BAD_PASSWORD if check.result == CODE_OK else check.result
+                return _refuse(req, reason, record.dn)
+            return Outcome(Verdict.ACCEPT, OK, req.user, record.dn, check.step)
+
+        password_ok = bool(password) and directory.verify_password(record, password)
+        if not password_ok:
+            return _refuse(req, BAD_PASSWORD, record.dn)
+        if check.result == CODE_BAD:
+            return _refuse(req, BAD_CODE, record.dn)
+        if check.result == CODE_REPLAY:
+            return _refuse(req, REPLAY, record.dn)
+        assert check.result == CODE_OK and check.step is not None
+        if not directory.record_success(record, check.step, now):
+            return _refuse(req, REPLAY, record.dn)
+        return Outcome(Verdict.ACCEPT, OK, req.user, record.dn, check.step)
+    except BackendUnavailable as exc:
+        return Outcome(Verdict.TEMPFAIL, exc.reason, req.user)
