@@ -1,0 +1,33 @@
+# mailmfa — the two commands: `make demo` and `make test`. Both install what is missing.
+PY := /usr/bin/python3
+# Dovecot runs the checkpassword program as the `dovecot` user, so the venv must sit where
+# that user can reach it: here when it can, else under /var/tmp (see DESIGN.md gotchas).
+VENV ?= $(shell if runuser -u dovecot -- test -x "$(CURDIR)/" 2>/dev/null; then echo "$(CURDIR)/.venv"; else echo "/var/tmp/mailmfa-venv-$$(echo '$(CURDIR)' | md5sum | cut -c1-8)"; fi)
+PYTEST_ARGS ?=
+
+.PHONY: deps venv test unit demo lint bench clean
+deps:
+	@packaging/install-deps.sh
+
+venv: deps
+	@test -x "$(VENV)/bin/python" || $(PY) -m venv --system-site-packages "$(VENV)"
+	@"$(VENV)/bin/python" -m pip install -q --no-build-isolation --no-deps --disable-pip-version-check . >/dev/null
+	@chmod -R a+rX "$(VENV)"
+
+test: venv
+	"$(VENV)/bin/python" -m pytest -q $(PYTEST_ARGS) tests
+
+unit: venv
+	"$(VENV)/bin/python" -m pytest -q tests/unit
+
+demo: venv
+	"$(VENV)/bin/python" -m mailmfa.demo $(if $(SERVE),--serve,)
+
+lint:
+	ruff check mailmfa tests checkpassword bench
+
+bench: venv
+	"$(VENV)/bin/python" bench/checkpassword_bench.py
+
+clean:
+	rm -rf .venv build *.egg-info

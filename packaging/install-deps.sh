@@ -1,0 +1,32 @@
+#!/bin/sh
+# Installs the Debian packages mailmfa's demo and tests use, only when one is missing.
+# Debian 12 (bookworm) and 13 (trixie). Starts no service: the demo and the tests run
+# their own slapd and Dovecot on loopback.
+set -eu
+PKGS="slapd ldap-utils dovecot-imapd dovecot-pop3d dovecot-auth-lua lua-socket
+python3 python3-venv python3-pip python3-setuptools python3-wheel
+python3-ldap3 python3-pyotp python3-pampy python3-pytest python3-hypothesis
+python3-segno python3-flask pamtester libpam-python libpam-modules"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "missing Debian packages:$missing -- run as root: apt-get install$missing" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+# Without this, slapd's package builds a directory of its own for dc=<hostname>.
+echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
+# Keep package scripts from starting slapd/dovecot system services.
+policy=/usr/sbin/policy-rc.d
+made_policy=""
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && made_policy=1
+fi
+apt-get update -q
+# shellcheck disable=SC2086
+apt-get install -y -q --no-install-recommends $missing
+[ -n "$made_policy" ] && rm -f "$policy"
+exit 0

@@ -1,0 +1,87 @@
+"""Fixtures starting real slapd and Dovecot instances (see servers.py for the classes).
+
+Module scope by default: a slapd starts in ~0.1 s, but tests in one module share its directory,
+so each test should use its own uids. Use the factories for special configurations (the otp
+overlay, ppolicy) or for a server a test may kill; everything a factory starts is stopped, and
+every directory removed, when the module finishes -- even after failures.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from servers import Dovecot, Slapd, make_workdir, remove_workdir
+
+
+def _require(*tools: str) -> None:
+    for tool in tools:
+        if not (shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin")):
+            pytest.skip(f"{tool} is not installed")
+
+
+@pytest.fixture(scope="module")
+def workdir_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], Path]]:
+    """Make 0755 directories outside pytest's 0700 tmp tree (Dovecot's `dovecot` user must enter
+    them); they are removed at module end unless MAILMFA_KEEP_WORKDIRS is set (for debugging)."""
+    import os
+
+    made: list[Path] = []
+
+    def make() -> Path:
+        path = make_workdir()
+        made.append(path)
+        return path
+
+    yield make
+    if not os.environ.get("MAILMFA_KEEP_WORKDIRS"):
+        for path in made:
+            remove_workdir(path)
+
+
+@pytest.fixture(scope="module")
+def slapd_factory(workdir_factory: Callable[[], Path]) -> Iterator[Callable[..., Slapd]]:
+    """`slapd_factory(with_otp_overlay=False, with_ppolicy=False, **kw)` -> a started Slapd."""
+    _require("slapd", "slapadd", "ldapmodify")
+    started: list[Slapd] = []
+
+    def make(with_otp_overlay: bool = False, with_ppolicy: bool = False, **kw: Any) -> Slapd:
+        server = Slapd(workdir_factory(), with_otp_overlay, with_ppolicy, **kw)
+        started.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def slapd(slapd_factory: Callable[..., Slapd]) -> Slapd:
+    """A plain slapd (OATH-LDAP schema as LDIF, no overlay) with the shipped ACL and base entries."""
+    return slapd_factory()
+
+
+@pytest.fixture(scope="module")
+def dovecot_factory(workdir_factory: Callable[[], Path]) -> Iterator[Callable[..., Dovecot]]:
+    """`dovecot_factory(passdb, userdb=None, extra="", workdir=None, **kw)` -> a started Dovecot.
+
+    Pass `workdir` to put the config next to files you wrote there (e.g. a checkpassword
+    program or a mailmfa.toml the auth process must read)."""
+    _require("dovecot", "doveadm")
+    started: list[Dovecot] = []
+
+    def make(passdb: str, userdb: str | None = None, extra: str = "", workdir: Path | None = None,
+             **kw: Any) -> Dovecot:
+        server = Dovecot(workdir or workdir_factory(), passdb, userdb, extra, **kw)
+        started.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in started:
+        server.stop()

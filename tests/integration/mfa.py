@@ -1,0 +1,81 @@
+"""Helpers shared by the mailmfa integration tests: config files, users, codes, the executable."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyotp
+from servers import REPO_ROOT, Slapd
+
+SHIM = REPO_ROOT / "checkpassword" / "mailmfa-checkpassword"
+
+
+def checkpassword_bin() -> str:
+    """The installed console script of the test venv, else the source checkout's shim."""
+    venv_script = Path(sys.prefix) / "bin" / "mailmfa-checkpassword"
+    return str(venv_script if venv_script.exists() else SHIM)
+
+
+def write_config(workdir: Path, slapd: Slapd, name: str = "mailmfa.toml", *,
+                 uris: list[str] | None = None, extra_ldap: str = "", tail: str = "",
+                 require_mfa: bool = False, timeout: float = 2.0) -> Path:
+    """A mailmfa.toml (and its service password file) readable by Dovecot's auth process."""
+    secret_file = workdir / f"{name}.ldap.secret"
+    secret_file.write_text(slapd.service_password + "\n")
+    os.chmod(secret_file, 0o644)
+    uri_list = ", ".join(f'"{u}"' for u in (uris or [slapd.uri]))
+    path = workdir / name
+    path.write_text(
+        f"""[ldap]
+uris = [{uri_list}]
+bind_dn = "{slapd.service_dn}"
+bind_password_file = "{secret_file}"
+user_base = "ou=people,{slapd.suffix}"
+timeout = {timeout}
+{extra_ldap}
+[totp]
+issuer = "Test Mail"
+[policy]
+require_mfa = {"true" if require_mfa else "false"}
+{tail}"""
+    )
+    os.chmod(path, 0o644)
+    return path
+
+
+def new_secret() -> bytes:
+    return secrets.token_bytes(20)
+
+
+def code_at(secret: bytes, when: float | None = None, digits: int = 6) -> str:
+    """The code an authenticator app shows, computed with pyotp (an independent implementation)."""
+    totp = pyotp.TOTP(base64.b32encode(secret).decode(), digits=digits)
+    return totp.at(int(time.time() if when is None else when))
+
+
+def run_checkpassword(config: Path, user: str, password: str, env: dict[str, str] | None = None,
+                      raw: bytes | None = None, exe: str | None = None,
+                      timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the executable as Dovecot does: request on fd 3, reply program last in argv.
+
+    The reply program is /usr/bin/env, so a success prints the environment it was given.
+    """
+    data = raw if raw is not None else user.encode() + b"\0" + password.encode() + b"\0\0"
+    r, w = os.pipe()
+    os.write(w, data)
+    os.close(w)
+    try:
+        return subprocess.run(
+            ["/bin/bash", "-c", f'exec "$0" "$@" 3<&{r} {r}<&-',
+             exe or checkpassword_bin(), "--config", str(config), "/usr/bin/env"],
+            pass_fds=(r,), capture_output=True, text=True,
+            env={"SERVICE": "imap", "TCPREMOTEIP": "192.0.2.7", **(env or {})}, timeout=timeout,
+        )
+    finally:
+        os.close(r)
