@@ -83,6 +83,8 @@ def test_slapd_special_characters_in_uid(slapd: Slapd) -> None:
     ref = user.first("oathTOTPToken")
     assert ref != slapd.token_dn(uid) and "\\2C" in ref
     assert slapd.get(ref).first("oathSecret") == SECRET  # type: ignore[union-attr]
+    # separate token entries are invisible to users, even their owner
+    assert slapd.search(ref, bind_dn=dn, password="pw") == []
 
 
 def test_acl_service_reads_secret_and_writes_state(slapd: Slapd) -> None:
