@@ -21,7 +21,7 @@ unit: venv
 	"$(VENV)/bin/python" -m pytest -q tests/unit
 
 demo: venv
-	"$(VENV)/bin/python" -m mailmfa.demo $(if $(SERVE),--serve,)
+	"$(VENV)/bin/python" demo/run.py $(if $(SERVE),--serve,)
 
 lint:
 	ruff check mailmfa tests checkpassword bench
