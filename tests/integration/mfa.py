@@ -59,6 +59,12 @@ def code_at(secret: bytes, when: float | None = None, digits: int = 6) -> str:
     return totp.at(int(time.time() if when is None else when))
 
 
+def fd3_argv(read_fd: int, argv: list[str]) -> list[str]:
+    """argv that runs `argv` with `read_fd` moved to fd 3 (Dovecot's checkpassword input)."""
+    redirect = "" if read_fd == 3 else f" 3<&{read_fd} {read_fd}<&-"
+    return ["/bin/bash", "-c", f'exec "$0" "$@"{redirect}', *argv]
+
+
 def run_checkpassword(config: Path, user: str, password: str, env: dict[str, str] | None = None,
                       raw: bytes | None = None, exe: str | None = None,
                       timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -72,8 +78,7 @@ def run_checkpassword(config: Path, user: str, password: str, env: dict[str, str
     os.close(w)
     try:
         return subprocess.run(
-            ["/bin/bash", "-c", f'exec "$0" "$@" 3<&{r} {r}<&-',
-             exe or checkpassword_bin(), "--config", str(config), "/usr/bin/env"],
+            fd3_argv(r, [exe or checkpassword_bin(), "--config", str(config), "/usr/bin/env"]),
             pass_fds=(r,), capture_output=True, text=True,
             env={"SERVICE": "imap", "TCPREMOTEIP": "192.0.2.7", **(env or {})}, timeout=timeout,
         )

@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import pytest
-from mfa import checkpassword_bin, code_at, new_secret, run_checkpassword, write_config
+from mfa import checkpassword_bin, fd3_argv, code_at, new_secret, run_checkpassword, write_config
 from servers import Dovecot, wait_for_step_safe
 
 HAS_CHECKPASSWORD = Dovecot.has_checkpassword()
@@ -222,8 +222,7 @@ def test_twenty_parallel_logins_same_code_exactly_one_accepted(slapd, config):
             os.write(w, attempt)
             os.close(w)
             procs.append(subprocess.Popen(
-                ["/bin/bash", "-c", f'exec "$0" "$@" 3<&{r} {r}<&-', checkpassword_bin(),
-                 "--config", str(config), "/usr/bin/env"],
+                fd3_argv(r, [checkpassword_bin(), "--config", str(config), "/usr/bin/env"]),
                 pass_fds=(r,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                 env={"SERVICE": "imap", "TCPREMOTEIP": "192.0.2.9"}))
             os.close(r)
