@@ -4,6 +4,7 @@ PY := /usr/bin/python3
 # that user can reach it: here when it can, else under /var/tmp (see DESIGN.md gotchas).
 VENV ?= $(shell if runuser -u dovecot -- test -x "$(CURDIR)/" 2>/dev/null; then echo "$(CURDIR)/.venv"; else echo "/var/tmp/mailmfa-venv-$$(echo '$(CURDIR)' | md5sum | cut -c1-8)"; fi)
 PYTEST_ARGS ?=
+RUFF ?= ruff
 
 .PHONY: deps venv test unit demo lint bench clean
 deps:
@@ -24,7 +25,7 @@ demo: venv
 	"$(VENV)/bin/python" demo/run.py $(if $(SERVE),--serve,)
 
 lint:
-	ruff check mailmfa tests checkpassword bench
+	$(RUFF) check mailmfa tests checkpassword bench demo
 
 bench: venv
 	"$(VENV)/bin/python" bench/checkpassword_bench.py

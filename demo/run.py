@@ -19,9 +19,8 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from servers import Dovecot, Slapd, make_workdir, remove_workdir, wait_for_step_safe  # noqa: E402
-
 from mailmfa.core.totp import hotp, time_step  # noqa: E402
+from servers import Dovecot, Slapd, make_workdir, remove_workdir, wait_for_step_safe  # noqa: E402
 
 USER, PASSWORD, ISSUER = "demo", "demo-password", "mailmfa demo"
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pyotp
+
 from servers import REPO_ROOT, Slapd
 
 SHIM = REPO_ROOT / "checkpassword" / "mailmfa-checkpassword"

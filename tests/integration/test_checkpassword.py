@@ -8,7 +8,8 @@ import subprocess
 import time
 
 import pytest
-from mfa import checkpassword_bin, fd3_argv, code_at, new_secret, run_checkpassword, write_config
+
+from mfa import checkpassword_bin, code_at, fd3_argv, new_secret, run_checkpassword, write_config
 from servers import Dovecot, wait_for_step_safe
 
 HAS_CHECKPASSWORD = Dovecot.has_checkpassword()
