@@ -337,3 +337,54 @@ def test_interop_with_slapd_otp_overlay(slapd_factory, workdir_factory):
     # the password alone is refused by both
     assert not server.bind(dn, "pw")
     assert run_checkpassword(cfg, "both", "pw").returncode == 1
+
+
+# --------------------------------------------------------------------------- as Dovecot deploys it
+
+def test_shim_runs_as_dovecot_user_without_path_or_home(slapd, config):
+    """checkpassword/mailmfa-checkpassword under /usr/bin/python3 -I, as the `dovecot` user,
+    with an environment holding nothing but what Dovecot sets."""
+    import pwd
+
+    from mfa import SHIM
+    from servers import check_traversable
+
+    try:
+        check_traversable(SHIM.parent)
+    except Exception as exc:  # noqa: BLE001 - a checkout under e.g. /root cannot be reached
+        pytest.skip(f"source checkout not reachable by the dovecot user: {exc}")
+    pwd.getpwnam("dovecot")
+    uid, pw, secret = user_with_token(slapd)
+    wait_for_step_safe()
+    r, w = os.pipe()
+    os.write(w, f"{uid}\0{pw}{code_at(secret)}\0\0".encode())
+    os.close(w)
+    proc = subprocess.run(fd3_argv(r, [str(SHIM), "--config", str(config), "/usr/bin/env"]),
+                          pass_fds=(r,), capture_output=True, text=True, user="dovecot", group="dovecot",
+                          env={"SERVICE": "imap", "TCPREMOTEIP": "192.0.2.7"}, timeout=30)
+    os.close(r)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert f"USER={uid}" in out
+    assert not any(line.startswith(("PATH=", "HOME=")) for line in out)
+
+
+@needs_checkpassword
+def test_checkpassword_as_userdb_too(dovecot_factory, slapd, config, workdir):
+    """The shipped snippet's shape: checkpassword as passdb and userdb (override_fields)."""
+    wd = workdir / "dovecot-userdb"
+    wd.mkdir()
+    home = wd / "homes"
+    home.mkdir()
+    os.chown(home, *__import__("pwd").getpwnam("dovecot")[2:4])
+    exe = checkpassword_bin()
+    dc = dovecot_factory(
+        f"driver = checkpassword\nargs = {exe} --config {config}",
+        userdb=f"driver = checkpassword\nargs = {exe} --config {config}\n"
+               f"override_fields = uid=dovecot gid=dovecot home={home}/%u",
+        workdir=wd)
+    uid, pw, secret = user_with_token(slapd)
+    wait_for_step_safe()
+    res = dc.imap_login(uid, pw + code_at(secret), source_ip="127.0.0.12")
+    assert res.ok and res.selected, res.text
+    assert f"result=ok user={uid} rip=127.0.0.12 service=imap reason=userdb_lookup" in dc.log_text()
