@@ -49,6 +49,35 @@ def generalized_time(now: float) -> str:
     return time.strftime("%Y%m%d%H%M%SZ", time.gmtime(now))
 
 
+def parse_generalized_time(value: bytes | None) -> float | None:
+    """Unix time of a GeneralizedTime like 20260101120000Z (fractions ignored); None when
+    absent or not understood (the throttle then counts from the epoch, see core/throttle)."""
+    if not value:
+        return None
+    text = value.decode("ascii", "replace").strip()
+    digits = text[:14]
+    if len(digits) != 14 or not digits.isdigit() or not text.endswith("Z"):
+        return None
+    import calendar
+
+    try:
+        fields = (int(digits[0:4]), int(digits[4:6]), int(digits[6:8]),
+                  int(digits[8:10]), int(digits[10:12]), int(digits[12:14]))
+        if not (1 <= fields[1] <= 12 and 1 <= fields[2] <= 31 and fields[3] < 24
+                and fields[4] < 60 and fields[5] < 61):
+            return None
+        return float(calendar.timegm((*fields, 0, 0, 0)))
+    except (ValueError, OverflowError):
+        return None
+
+
+# How often record_failure re-reads and retries when another login changed the count
+# between its read and its write. Past that one increment is lost; that takes more
+# concurrent failures for one user than tries, and each of those was counted instead,
+# so the throttle still advances. (A success meanwhile is refused: see record_success.)
+FAILURE_CAS_TRIES = 4
+
+
 class LdapDirectory:
     """Directory port over ldap3. Not thread-safe: one instance per concurrent login."""
 
@@ -57,6 +86,8 @@ class LdapDirectory:
         self.attrs = config.ldap.attributes
         self._conn = None
         self._as_service = False
+        # token DN -> the raw failure count as read (None: absent), for compare-and-swap
+        self._seen_failures: dict[str, bytes | None] = {}
 
     # -- connection -------------------------------------------------------------------
     def _connect(self):
@@ -149,7 +180,7 @@ class LdapDirectory:
     # -- Directory port -----------------------------------------------------------------
     def _token_attr_names(self) -> list[str]:
         a = self.attrs
-        return [a.secret, a.params, a.last_step, a.drift]
+        return [a.secret, a.params, a.last_step, a.drift, a.failure_count, a.last_failure]
 
     def lookup(self, user: str) -> UserRecord | None:
         cfg = self.config.ldap
@@ -183,12 +214,16 @@ class LdapDirectory:
                 raise BackendUnavailable("token_invalid", "secret is not base32") from None
         params = self._params(_first(attrs, a.params))
         last = _first(attrs, a.last_step)
+        raw_failures = _first(attrs, a.failure_count)
+        self._seen_failures[token_dn] = raw_failures
         return Token(
             dn=token_dn,
             secret=secret,
             params=params,
             last_step=int(last) if last is not None and last.strip().isdigit() else None,
             drift=_int_or(_first(attrs, a.drift), 0),
+            failure_count=max(0, _int_or(raw_failures, 0)),
+            last_failure=parse_generalized_time(_first(attrs, a.last_failure)),
         )
 
     def _params(self, params_dn: bytes | None) -> TotpParams:
@@ -239,7 +274,6 @@ class LdapDirectory:
 
     def record_success(self, record: UserRecord, step: int, now: float) -> bool:
         from ldap3 import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE
-        from ldap3.core import exceptions as lx
 
         token = record.token
         assert token is not None
@@ -248,10 +282,35 @@ class LdapDirectory:
         if token.last_step is not None:
             ops.append((MODIFY_DELETE, [str(token.last_step)]))
         ops.append((MODIFY_ADD, [str(step)]))
-        changes = {a.last_step: ops, a.last_login: [(MODIFY_REPLACE, [generalized_time(now)])]}
+        changes = {
+            a.last_step: ops,
+            # reset the throttle, asserting that no failure was counted since lookup
+            a.failure_count: self._count_cas(token.dn, 0),
+            a.last_failure: [(MODIFY_REPLACE, [])],
+            a.last_login: [(MODIFY_REPLACE, [generalized_time(now)])],
+        }
+        return self._cas_modify(token.dn, changes)
+
+    def _count_cas(self, token_dn: str, new: int) -> list[tuple]:
+        """Modify ops moving the failure count from the value read to `new`: the delete
+        of the old value (or the add to an absent attribute) fails if it changed."""
+        from ldap3 import MODIFY_ADD, MODIFY_DELETE
+
+        old = self._seen_failures.get(token_dn)
+        ops: list[tuple] = []
+        if old is not None:
+            ops.append((MODIFY_DELETE, [old]))
+        ops.append((MODIFY_ADD, [str(new)]))
+        return ops
+
+    def _cas_modify(self, dn: str, changes: dict) -> bool:
+        """One modify; False when it lost a compare-and-swap, BackendUnavailable when the
+        directory could not answer."""
+        from ldap3.core import exceptions as lx
+
         self._bind_service()
         try:
-            ok = self._conn.modify(token.dn, changes)
+            ok = self._conn.modify(dn, changes)
         except (lx.LDAPException, OSError) as exc:
             self.close()
             raise BackendUnavailable("ldap_unavailable", type(exc).__name__) from None
@@ -264,3 +323,31 @@ class LdapDirectory:
             return False
         self.close()
         raise BackendUnavailable("ldap_unavailable", f"modify result={code}")
+
+    def _reread_failures(self, token_dn: str) -> bytes | None:
+        found = self._search(token_dn, "(objectClass=*)", "BASE", [self.attrs.failure_count], 1)
+        if not found:
+            raise BackendUnavailable("token_missing", "token entry vanished")
+        raw = _first(found[0]["attrs"], self.attrs.failure_count)
+        self._seen_failures[token_dn] = raw
+        return raw
+
+    def record_failure(self, record: UserRecord, now: float) -> None:
+        """Increment the failure count with a compare-and-swap, re-reading and retrying
+        when another login changed it in between (bounded: see FAILURE_CAS_TRIES)."""
+        from ldap3 import MODIFY_REPLACE
+
+        token = record.token
+        assert token is not None
+        a = self.attrs
+        for attempt in range(FAILURE_CAS_TRIES):
+            if attempt:
+                self._reread_failures(token.dn)
+            current = max(0, _int_or(self._seen_failures.get(token.dn), 0))
+            changes = {
+                a.failure_count: self._count_cas(token.dn, current + 1),
+                a.last_failure: [(MODIFY_REPLACE, [generalized_time(now)])],
+            }
+            if self._cas_modify(token.dn, changes):
+                self._seen_failures[token.dn] = str(current + 1).encode()
+                return
