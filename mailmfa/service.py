@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 
 from mailmfa.backends.ports import BackendUnavailable, Directory
 from mailmfa.config import Config
-from mailmfa.core.policy import CODE_BAD, CODE_OK, CODE_REPLAY, check_code, is_stale_code
+from mailmfa.core.policy import (
+    CODE_BAD,
+    CODE_OK,
+    CODE_REPLAY,
+    check_code,
+    is_stale_code,
+)
 from mailmfa.core.split import split_code
 from mailmfa.core.throttle import wait_seconds
 from mailmfa.core.types import Outcome, Request, Verdict

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import time
 
 from mailmfa.backends.ports import BackendUnavailable
@@ -90,7 +91,14 @@ class LdapDirectory:
         self._seen_failures: dict[str, bytes | None] = {}
 
     # -- connection -------------------------------------------------------------------
-    def _connect(self):
+    def _connect(self, password: str):
+        """Open and bind as the service to the first server that answers.
+
+        A server that is down fails at connect; one that is hung (SIGSTOP, overloaded)
+        accepts the TCP connection and then does not answer the bind within `timeout`:
+        both move on to the next uri, so a login waits about `timeout` per bad server.
+        Refused service credentials are a configuration problem, the same everywhere:
+        no point trying the others."""
         import ssl
 
         import ldap3
@@ -103,6 +111,7 @@ class LdapDirectory:
             tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=cfg.ca_file or None)
         errors = []
         for uri in cfg.uris:
+            conn = None
             try:
                 server = ldap3.Server(uri, get_info=ldap3.NONE, tls=tls, connect_timeout=seconds)
                 conn = ldap3.Connection(
@@ -114,11 +123,31 @@ class LdapDirectory:
                 )
                 conn.open()
                 if cfg.starttls and not conn.start_tls():
-                    raise BackendUnavailable("ldap_unavailable", f"{uri}: StartTLS failed")
-                return conn
+                    errors.append(f"{uri}: StartTLS failed")
+                    self._drop(conn)
+                    continue
+                if cfg.bind_dn:
+                    ok = conn.rebind(user=cfg.bind_dn, password=password)
+                else:
+                    ok = conn.bind()
             except (lx.LDAPException, OSError) as exc:
                 errors.append(f"{uri}: {type(exc).__name__}")
+                self._drop(conn)
+                continue
+            if ok:
+                return conn
+            code = conn.result.get("result") if conn.result else None
+            self._drop(conn)
+            if code in _REFUSED_BIND:
+                raise BackendUnavailable("service_bind_failed", f"result={code}")
+            errors.append(f"{uri}: service bind result={code}")
         raise BackendUnavailable("ldap_unavailable", "; ".join(errors))
+
+    @staticmethod
+    def _drop(conn) -> None:
+        if conn is not None:
+            with contextlib.suppress(Exception):  # closing must never raise
+                conn.unbind()
 
     def _bind_service(self) -> None:
         from ldap3.core import exceptions as lx
@@ -126,9 +155,12 @@ class LdapDirectory:
         if self._conn is not None and self._as_service:
             return
         password = self.config.read_bind_password()
+        if self._conn is None:
+            self._conn = self._connect(password)
+            self._as_service = True
+            return
+        # back from a user bind on the same connection: rebind as the service
         try:
-            if self._conn is None:
-                self._conn = self._connect()
             if self.config.ldap.bind_dn:
                 ok = self._conn.rebind(user=self.config.ldap.bind_dn, password=password)
             else:
@@ -145,11 +177,7 @@ class LdapDirectory:
         self._as_service = True
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.unbind()
-            except Exception:  # noqa: BLE001 - closing must never raise
-                pass
+        self._drop(self._conn)
         self._conn = None
         self._as_service = False
 

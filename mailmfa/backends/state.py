@@ -21,6 +21,7 @@ decided by strict replay refusal -- and one log line says why.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -89,10 +90,8 @@ class ReuseStore:
 
     def close(self) -> None:
         if self._db is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing must never raise
                 self._db.close()
-            except Exception:  # noqa: BLE001 - closing must never raise
-                pass
         self._db = None
 
     # -- the two operations -----------------------------------------------------------------
