@@ -72,6 +72,10 @@ def _authenticate(req: Request, directory: Directory, config: Config, now: float
         return _refuse(req, BAD_INPUT)
     if any(ord(c) < 0x20 or c == "\x7f" for c in req.user):
         return _refuse(req, BAD_INPUT)
+    if req.user != req.user.strip() or "  " in req.user:
+        # LDAP equality ignores such spaces: " alice" would log in as alice but reach
+        # Dovecot as another name (another mailbox path, another reuse/log identity)
+        return _refuse(req, BAD_INPUT)
     try:
         record = directory.lookup(req.user)
         if record is None:

@@ -190,3 +190,11 @@ def test_passing_a_store_uses_it(tmp_path):
     s = "pw" + code(T0)
     assert login(d, s, T0, cfg(0), reuse=store).reason == "ok"
     assert login(d, s, T0 + 1, cfg(0), reuse=store).reason == "reused"
+
+
+@pytest.mark.parametrize("user", [" alice", "alice ", "al  ice", "alice\t"])
+def test_names_ldap_would_match_with_spaces_ignored_are_refused(user):
+    d = MemDirectory()
+    d.down = True
+    out = authenticate(Request(user, "pw123456"), d, cfg(), T0)
+    assert (out.verdict, out.reason) == (Verdict.REJECT, "bad_input")
