@@ -28,7 +28,7 @@ def spawn(config: Path, data: bytes, rip: str = "192.0.2.7", env: dict[str, str]
              "--config", str(config), "/usr/bin/env"],
             pass_fds=(r,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={"SERVICE": "imap", "TCPREMOTEIP": rip, **(env or {})},
-            user=user, preexec_fn=preexec,
+            user=user, preexec_fn=preexec,  # noqa: PLW1509 - only a setrlimit, no locks taken
         )
     finally:
         os.close(r)

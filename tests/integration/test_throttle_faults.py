@@ -129,7 +129,7 @@ def test_parallel_failures_are_all_counted(slapd, config):
 def test_success_refused_when_a_failure_was_counted_since_lookup(slapd, config):
     """Parallel guesses cannot all ride on one throttle decision: the success's step update
     also asserts the failure count it read."""
-    uid, pw, secret = new_user(slapd)
+    uid, _pw, _secret = new_user(slapd)
     cfg = cfgmod.load(str(config))
     d = LdapDirectory(cfg)
     try:
@@ -145,7 +145,7 @@ def test_success_refused_when_a_failure_was_counted_since_lookup(slapd, config):
 
 
 def test_admin_read_and_reset(slapd, config):
-    uid, pw, secret = new_user(slapd, token_on_user=False)
+    uid, _pw, _secret = new_user(slapd, token_on_user=False)
     cfg = cfgmod.load(str(config))
     now = time.time()
     set_state(slapd, uid, 7, now - 10, token_on_user=False)
