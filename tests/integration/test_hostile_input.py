@@ -55,7 +55,7 @@ _fd3 = st.one_of(st.binary(max_size=2000), _structured,
                  st.tuples(_field, _field).map(lambda t: t[0] + b"\0" + t[1] + b"\0\0"))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(data=_fd3)
 def test_any_fd3_bytes_are_refused_without_a_traceback(config, victim, data):
