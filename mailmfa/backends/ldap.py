@@ -360,6 +360,19 @@ class LdapDirectory:
         self._seen_failures[token_dn] = raw
         return raw
 
+    def reset_failures(self, record: UserRecord) -> None:
+        """Remove the failure count and last failure (admin unlock); no compare-and-swap:
+        the admin's intent wins over any login in flight."""
+        from ldap3 import MODIFY_REPLACE
+
+        token = record.token
+        assert token is not None
+        a = self.attrs
+        changes = {a.failure_count: [(MODIFY_REPLACE, [])], a.last_failure: [(MODIFY_REPLACE, [])]}
+        if not self._cas_modify(token.dn, changes):
+            raise BackendUnavailable("ldap_unavailable", "unlock modify refused")
+        self._seen_failures[token.dn] = None
+
     def record_failure(self, record: UserRecord, now: float) -> None:
         """Increment the failure count with a compare-and-swap, re-reading and retrying
         when another login changed it in between (bounded: see FAILURE_CAS_TRIES)."""

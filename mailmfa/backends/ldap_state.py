@@ -62,20 +62,14 @@ def reset_throttle(config: Config, user: str, directory: Any = None) -> bool:
 
     True when done, False when the user is unknown or has no token. Raises
     BackendUnavailable when the directory cannot be reached or refuses the change."""
-    from ldap3 import MODIFY_REPLACE
-
     from mailmfa.backends.ldap import LdapDirectory
-    from mailmfa.backends.ports import BackendUnavailable
 
     d = directory or LdapDirectory(config)
     try:
         record = d.lookup(user)
         if record is None or record.token is None:
             return False
-        a = config.ldap.attributes
-        changes = {a.failure_count: [(MODIFY_REPLACE, [])], a.last_failure: [(MODIFY_REPLACE, [])]}
-        if not d._cas_modify(record.token.dn, changes):  # a replace never loses a CAS
-            raise BackendUnavailable("ldap_unavailable", "unlock modify refused")
+        d.reset_failures(record)
         return True
     finally:
         if directory is None:

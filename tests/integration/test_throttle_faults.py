@@ -138,10 +138,17 @@ def test_success_refused_when_a_failure_was_counted_since_lookup(slapd, config):
         assert d.record_success(record, int(time.time() // 30), time.time()) is False
         record = d.lookup(uid)
         assert record.token.failure_count == 1
-        assert d.record_success(record, int(time.time() // 30), time.time()) is True
+        step = int(time.time() // 30)
+        assert d.record_success(record, step, time.time()) is True
+        record = d.lookup(uid)  # the count is now "0": the next success swaps "0" for "0"
+        assert record.token.failure_count == 0 and record.token.last_step == step
+        assert d.record_success(record, step + 1, time.time()) is True
+        d.record_failure(d.lookup(uid), time.time())
+        assert d.lookup(uid).token.failure_count == 1
     finally:
         d.close()
-    assert failures(slapd, uid) == (0, None)
+    count, last = failures(slapd, uid)
+    assert count == 1 and last
 
 
 def test_admin_read_and_reset(slapd, config):

@@ -79,3 +79,17 @@ def test_random_guesses_are_rarely_stale():
     tok = _token()
     stale = sum(is_stale_code(tok, f"{n:06d}", NOW) for n in range(0, 1_000_000, 4999))
     assert stale <= 5  # ~0.29 % of 201 guesses: expect ~0.6
+
+
+@pytest.mark.parametrize("raw,expected", [
+    (b"20270115083000Z", 1800001800.0),
+    (b"20270115083000.5Z", 1800001800.0),
+    (None, None), (b"", None), (b"garbage", None), (b"20271315083000Z", None),
+    (b"20270115083000", None), (b"2027011508300xZ", None),
+])
+def test_parse_generalized_time(raw, expected):
+    from mailmfa.backends.ldap import generalized_time, parse_generalized_time
+
+    assert parse_generalized_time(raw) == expected
+    if expected is not None:
+        assert generalized_time(expected) == raw.decode()[:14] + "Z"
