@@ -3,6 +3,8 @@
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailmfa.core import throttle
 from mailmfa.core.policy import is_stale_code
@@ -93,3 +95,20 @@ def test_parse_generalized_time(raw, expected):
     assert parse_generalized_time(raw) == expected
     if expected is not None:
         assert generalized_time(expected) == raw.decode()[:14] + "Z"
+
+_counts = st.integers(min_value=0, max_value=200)
+_times = st.floats(min_value=0, max_value=4e9, allow_nan=False)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(failures=_counts, last=st.one_of(st.none(), _times), now=_times, later=st.floats(0, 1e7))
+def test_wait_is_bounded_and_only_shrinks_with_time(failures, last, now, later):
+    w = throttle.wait_seconds(failures, last, now)
+    assert 0 <= w <= throttle.delay_after(failures)
+    assert throttle.wait_seconds(failures, last, now + later) <= w
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(failures=_counts)
+def test_more_failures_never_wait_less(failures):
+    assert throttle.delay_after(failures + 1) >= throttle.delay_after(failures)
