@@ -66,6 +66,11 @@ class TotpConfig:
 @dataclass(frozen=True)
 class PolicyConfig:
     require_mfa: bool = False
+    # seconds a just-verified password+code is accepted again from the same client IP
+    # (mail clients open several connections at once); 0 turns it off
+    reuse_seconds: int = 60
+    # local SQLite file holding only salted hashes for reuse_seconds (backends/state.py)
+    state_file: str = "/var/lib/mailmfa/state.db"
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,10 @@ def _nonempty(v: str) -> str | None:
     return None if v else "must not be empty"
 
 
+def _absolute(v: str) -> str | None:
+    return None if v.startswith("/") else "must be an absolute path"
+
+
 def _user_filter(v: str) -> str | None:
     if "{user}" not in v:
         return "must contain {user}"
@@ -143,6 +152,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     },
     "policy": {
         "require_mfa": (bool, None),
+        "reuse_seconds": (int, _range(0, 3600)),
+        "state_file": (str, _absolute),
     },
 }
 _REQUIRED = {("ldap", "user_base")}

@@ -6,11 +6,23 @@ serve many requests concurrently with the same function.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mailmfa.backends.ports import BackendUnavailable, Directory
 from mailmfa.config import Config
-from mailmfa.core.policy import CODE_BAD, CODE_OK, CODE_REPLAY, check_code
+from mailmfa.core.policy import (
+    CODE_BAD,
+    CODE_OK,
+    CODE_REPLAY,
+    check_code,
+    is_stale_code,
+)
 from mailmfa.core.split import split_code
+from mailmfa.core.throttle import wait_seconds
 from mailmfa.core.types import Outcome, Request, Verdict
+
+if TYPE_CHECKING:
+    from mailmfa.backends.state import ReuseStore
 
 MAX_USER = 256
 MAX_SECRET = 512
@@ -24,18 +36,45 @@ REPLAY = "replay"
 NO_TOKEN = "no_token"
 UNKNOWN_USER = "unknown_user"
 BAD_INPUT = "bad_input"
+THROTTLED = "throttled"
+REUSED = "reused"
+
+# How long the loser of a parallel race waits for the winner's reuse entry (seconds).
+REUSE_WAIT = 0.5
 
 
 def _refuse(req: Request, reason: str, dn: str = "") -> Outcome:
     return Outcome(Verdict.REJECT, reason, req.user, dn)
 
 
-def authenticate(req: Request, directory: Directory, config: Config, now: float) -> Outcome:
+def authenticate(req: Request, directory: Directory, config: Config, now: float,
+                 reuse: ReuseStore | None = None) -> Outcome:
     """Decide one login. Both factors are always evaluated; the outcome names the first
-    failing one for the log, and the protocol answer never tells the client which."""
+    failing one for the log, and the protocol answer never tells the client which.
+
+    `reuse`: the reuse store; when None and `[policy] reuse_seconds` > 0 one is opened on
+    `[policy] state_file` for this call (a resident daemon passes its own)."""
+    own = None
+    if reuse is None and config.policy.reuse_seconds > 0 and not config.ldap.otp_overlay:
+        from mailmfa.backends.state import open_reuse_store
+
+        reuse = own = open_reuse_store(config.policy.state_file, config.policy.reuse_seconds)
+    try:
+        return _authenticate(req, directory, config, now, reuse)
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _authenticate(req: Request, directory: Directory, config: Config, now: float,
+                  reuse: ReuseStore | None) -> Outcome:
     if not req.user or len(req.user) > MAX_USER or len(req.secret) > MAX_SECRET:
         return _refuse(req, BAD_INPUT)
     if any(ord(c) < 0x20 or c == "\x7f" for c in req.user):
+        return _refuse(req, BAD_INPUT)
+    if req.user != req.user.strip() or "  " in req.user:
+        # LDAP equality ignores such spaces: " alice" would log in as alice but reach
+        # Dovecot as another name (another mailbox path, another reuse/log identity)
         return _refuse(req, BAD_INPUT)
     try:
         record = directory.lookup(req.user)
@@ -53,10 +92,15 @@ def authenticate(req: Request, directory: Directory, config: Config, now: float)
         if parts is None:
             return _refuse(req, BAD_CODE, record.dn)
         password, code = parts
-        check = check_code(token, code, now)
+        throttled = wait_seconds(token.failure_count, token.last_failure, now) > 0
         if config.ldap.otp_overlay:
             # slapd's otp overlay checks password+code at bind and advances the step
-            # itself; our own check only names the reason for the log.
+            # itself; our own check only names the reason for the log. The password
+            # cannot be checked alone, so failures are not counted here (the overlay's
+            # own oathThrottleLimit / ppolicy apply), but a throttle state is honoured.
+            if throttled:
+                return _refuse(req, THROTTLED, record.dn)
+            check = check_code(token, code, now)
             if not password or not directory.verify_password(record, req.secret):
                 reason = BAD_PASSWORD if check.result == CODE_OK else check.result
                 return _refuse(req, reason, record.dn)
@@ -65,13 +109,33 @@ def authenticate(req: Request, directory: Directory, config: Config, now: float)
         password_ok = bool(password) and directory.verify_password(record, password)
         if not password_ok:
             return _refuse(req, BAD_PASSWORD, record.dn)
+        if throttled:
+            # the code is neither checked nor consumed, so the answer (and the log)
+            # tells nothing about it
+            return _refuse(req, THROTTLED, record.dn)
+        check = check_code(token, code, now)
         if check.result == CODE_BAD:
+            # reuse_seconds may outlast the code's window (a code is valid 30-90 s)
+            if reuse is not None and reuse.seen(req.user, req.secret, req.rip, now):
+                return Outcome(Verdict.ACCEPT, REUSED, req.user, record.dn)
+            if not is_stale_code(token, code, now):
+                directory.record_failure(record, now)
             return _refuse(req, BAD_CODE, record.dn)
         if check.result == CODE_REPLAY:
+            # a parallel connection that just won the step update writes its reuse entry
+            # right after: wait briefly for it only when the code is exactly that step
+            just_used = check.step is not None and check.step == token.last_step
+            if reuse is not None and reuse.seen(req.user, req.secret, req.rip, now,
+                                                wait=REUSE_WAIT if just_used else 0.0):
+                return Outcome(Verdict.ACCEPT, REUSED, req.user, record.dn, check.step)
             return _refuse(req, REPLAY, record.dn)
         assert check.result == CODE_OK and check.step is not None
         if not directory.record_success(record, check.step, now):
+            if reuse is not None and reuse.seen(req.user, req.secret, req.rip, now, wait=REUSE_WAIT):
+                return Outcome(Verdict.ACCEPT, REUSED, req.user, record.dn, check.step)
             return _refuse(req, REPLAY, record.dn)
+        if reuse is not None:
+            reuse.remember(req.user, req.secret, req.rip, now)
         return Outcome(Verdict.ACCEPT, OK, req.user, record.dn, check.step)
     except BackendUnavailable as exc:
         return Outcome(Verdict.TEMPFAIL, exc.reason, req.user)

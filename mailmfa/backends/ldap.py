@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import time
 
 from mailmfa.backends.ports import BackendUnavailable
@@ -49,6 +50,35 @@ def generalized_time(now: float) -> str:
     return time.strftime("%Y%m%d%H%M%SZ", time.gmtime(now))
 
 
+def parse_generalized_time(value: bytes | None) -> float | None:
+    """Unix time of a GeneralizedTime like 20260101120000Z (fractions ignored); None when
+    absent or not understood (the throttle then counts from the epoch, see core/throttle)."""
+    if not value:
+        return None
+    text = value.decode("ascii", "replace").strip()
+    digits = text[:14]
+    if len(digits) != 14 or not digits.isdigit() or not text.endswith("Z"):
+        return None
+    import calendar
+
+    try:
+        fields = (int(digits[0:4]), int(digits[4:6]), int(digits[6:8]),
+                  int(digits[8:10]), int(digits[10:12]), int(digits[12:14]))
+        if not (1 <= fields[1] <= 12 and 1 <= fields[2] <= 31 and fields[3] < 24
+                and fields[4] < 60 and fields[5] < 61):
+            return None
+        return float(calendar.timegm((*fields, 0, 0, 0)))
+    except (ValueError, OverflowError):
+        return None
+
+
+# How often record_failure re-reads and retries when another login changed the count
+# between its read and its write. Past that one increment is lost; that takes more
+# concurrent failures for one user than tries, and each of those was counted instead,
+# so the throttle still advances. (A success meanwhile is refused: see record_success.)
+FAILURE_CAS_TRIES = 4
+
+
 class LdapDirectory:
     """Directory port over ldap3. Not thread-safe: one instance per concurrent login."""
 
@@ -57,9 +87,18 @@ class LdapDirectory:
         self.attrs = config.ldap.attributes
         self._conn = None
         self._as_service = False
+        # token DN -> the raw failure count as read (None: absent), for compare-and-swap
+        self._seen_failures: dict[str, bytes | None] = {}
 
     # -- connection -------------------------------------------------------------------
-    def _connect(self):
+    def _connect(self, password: str):
+        """Open and bind as the service to the first server that answers.
+
+        A server that is down fails at connect; one that is hung (SIGSTOP, overloaded)
+        accepts the TCP connection and then does not answer the bind within `timeout`:
+        both move on to the next uri, so a login waits about `timeout` per bad server.
+        Refused service credentials are a configuration problem, the same everywhere:
+        no point trying the others."""
         import ssl
 
         import ldap3
@@ -72,6 +111,7 @@ class LdapDirectory:
             tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=cfg.ca_file or None)
         errors = []
         for uri in cfg.uris:
+            conn = None
             try:
                 server = ldap3.Server(uri, get_info=ldap3.NONE, tls=tls, connect_timeout=seconds)
                 conn = ldap3.Connection(
@@ -83,11 +123,31 @@ class LdapDirectory:
                 )
                 conn.open()
                 if cfg.starttls and not conn.start_tls():
-                    raise BackendUnavailable("ldap_unavailable", f"{uri}: StartTLS failed")
-                return conn
+                    errors.append(f"{uri}: StartTLS failed")
+                    self._drop(conn)
+                    continue
+                if cfg.bind_dn:
+                    ok = conn.rebind(user=cfg.bind_dn, password=password)
+                else:
+                    ok = conn.bind()
             except (lx.LDAPException, OSError) as exc:
                 errors.append(f"{uri}: {type(exc).__name__}")
+                self._drop(conn)
+                continue
+            if ok:
+                return conn
+            code = conn.result.get("result") if conn.result else None
+            self._drop(conn)
+            if code in _REFUSED_BIND:
+                raise BackendUnavailable("service_bind_failed", f"result={code}")
+            errors.append(f"{uri}: service bind result={code}")
         raise BackendUnavailable("ldap_unavailable", "; ".join(errors))
+
+    @staticmethod
+    def _drop(conn) -> None:
+        if conn is not None:
+            with contextlib.suppress(Exception):  # closing must never raise
+                conn.unbind()
 
     def _bind_service(self) -> None:
         from ldap3.core import exceptions as lx
@@ -95,9 +155,12 @@ class LdapDirectory:
         if self._conn is not None and self._as_service:
             return
         password = self.config.read_bind_password()
+        if self._conn is None:
+            self._conn = self._connect(password)
+            self._as_service = True
+            return
+        # back from a user bind on the same connection: rebind as the service
         try:
-            if self._conn is None:
-                self._conn = self._connect()
             if self.config.ldap.bind_dn:
                 ok = self._conn.rebind(user=self.config.ldap.bind_dn, password=password)
             else:
@@ -114,11 +177,7 @@ class LdapDirectory:
         self._as_service = True
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.unbind()
-            except Exception:  # noqa: BLE001 - closing must never raise
-                pass
+        self._drop(self._conn)
         self._conn = None
         self._as_service = False
 
@@ -149,7 +208,7 @@ class LdapDirectory:
     # -- Directory port -----------------------------------------------------------------
     def _token_attr_names(self) -> list[str]:
         a = self.attrs
-        return [a.secret, a.params, a.last_step, a.drift]
+        return [a.secret, a.params, a.last_step, a.drift, a.failure_count, a.last_failure]
 
     def lookup(self, user: str) -> UserRecord | None:
         cfg = self.config.ldap
@@ -183,12 +242,16 @@ class LdapDirectory:
                 raise BackendUnavailable("token_invalid", "secret is not base32") from None
         params = self._params(_first(attrs, a.params))
         last = _first(attrs, a.last_step)
+        raw_failures = _first(attrs, a.failure_count)
+        self._seen_failures[token_dn] = raw_failures
         return Token(
             dn=token_dn,
             secret=secret,
             params=params,
             last_step=int(last) if last is not None and last.strip().isdigit() else None,
             drift=_int_or(_first(attrs, a.drift), 0),
+            failure_count=max(0, _int_or(raw_failures, 0)),
+            last_failure=parse_generalized_time(_first(attrs, a.last_failure)),
         )
 
     def _params(self, params_dn: bytes | None) -> TotpParams:
@@ -239,7 +302,6 @@ class LdapDirectory:
 
     def record_success(self, record: UserRecord, step: int, now: float) -> bool:
         from ldap3 import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE
-        from ldap3.core import exceptions as lx
 
         token = record.token
         assert token is not None
@@ -248,10 +310,35 @@ class LdapDirectory:
         if token.last_step is not None:
             ops.append((MODIFY_DELETE, [str(token.last_step)]))
         ops.append((MODIFY_ADD, [str(step)]))
-        changes = {a.last_step: ops, a.last_login: [(MODIFY_REPLACE, [generalized_time(now)])]}
+        changes = {
+            a.last_step: ops,
+            # reset the throttle, asserting that no failure was counted since lookup
+            a.failure_count: self._count_cas(token.dn, 0),
+            a.last_failure: [(MODIFY_REPLACE, [])],
+            a.last_login: [(MODIFY_REPLACE, [generalized_time(now)])],
+        }
+        return self._cas_modify(token.dn, changes)
+
+    def _count_cas(self, token_dn: str, new: int) -> list[tuple]:
+        """Modify ops moving the failure count from the value read to `new`: the delete
+        of the old value (or the add to an absent attribute) fails if it changed."""
+        from ldap3 import MODIFY_ADD, MODIFY_DELETE
+
+        old = self._seen_failures.get(token_dn)
+        ops: list[tuple] = []
+        if old is not None:
+            ops.append((MODIFY_DELETE, [old]))
+        ops.append((MODIFY_ADD, [str(new)]))
+        return ops
+
+    def _cas_modify(self, dn: str, changes: dict) -> bool:
+        """One modify; False when it lost a compare-and-swap, BackendUnavailable when the
+        directory could not answer."""
+        from ldap3.core import exceptions as lx
+
         self._bind_service()
         try:
-            ok = self._conn.modify(token.dn, changes)
+            ok = self._conn.modify(dn, changes)
         except (lx.LDAPException, OSError) as exc:
             self.close()
             raise BackendUnavailable("ldap_unavailable", type(exc).__name__) from None
@@ -264,3 +351,44 @@ class LdapDirectory:
             return False
         self.close()
         raise BackendUnavailable("ldap_unavailable", f"modify result={code}")
+
+    def _reread_failures(self, token_dn: str) -> bytes | None:
+        found = self._search(token_dn, "(objectClass=*)", "BASE", [self.attrs.failure_count], 1)
+        if not found:
+            raise BackendUnavailable("token_missing", "token entry vanished")
+        raw = _first(found[0]["attrs"], self.attrs.failure_count)
+        self._seen_failures[token_dn] = raw
+        return raw
+
+    def reset_failures(self, record: UserRecord) -> None:
+        """Remove the failure count and last failure (admin unlock); no compare-and-swap:
+        the admin's intent wins over any login in flight."""
+        from ldap3 import MODIFY_REPLACE
+
+        token = record.token
+        assert token is not None
+        a = self.attrs
+        changes = {a.failure_count: [(MODIFY_REPLACE, [])], a.last_failure: [(MODIFY_REPLACE, [])]}
+        if not self._cas_modify(token.dn, changes):
+            raise BackendUnavailable("ldap_unavailable", "unlock modify refused")
+        self._seen_failures[token.dn] = None
+
+    def record_failure(self, record: UserRecord, now: float) -> None:
+        """Increment the failure count with a compare-and-swap, re-reading and retrying
+        when another login changed it in between (bounded: see FAILURE_CAS_TRIES)."""
+        from ldap3 import MODIFY_REPLACE
+
+        token = record.token
+        assert token is not None
+        a = self.attrs
+        for attempt in range(FAILURE_CAS_TRIES):
+            if attempt:
+                self._reread_failures(token.dn)
+            current = max(0, _int_or(self._seen_failures.get(token.dn), 0))
+            changes = {
+                a.failure_count: self._count_cas(token.dn, current + 1),
+                a.last_failure: [(MODIFY_REPLACE, [generalized_time(now)])],
+            }
+            if self._cas_modify(token.dn, changes):
+                self._seen_failures[token.dn] = str(current + 1).encode()
+                return

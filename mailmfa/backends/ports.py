@@ -32,6 +32,16 @@ class Directory(Protocol):
         """Atomically move the token's last step from record.token.last_step to `step`.
 
         False when another login got there first (compare-and-swap lost): a replay.
+        The same update resets the throttle state (failure count 0, no last failure),
+        and is refused as well when a failure was counted since `lookup`, so that
+        parallel guesses cannot all be checked against one throttle decision.
+        """
+
+    def record_failure(self, record: UserRecord, now: float) -> None:
+        """Count one failed code (called only when the password part was right).
+
+        Atomic across mail servers: increments from what is stored, not from what
+        `lookup` saw. Raises BackendUnavailable only when the store cannot be reached.
         """
 
     def close(self) -> None:

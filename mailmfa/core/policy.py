@@ -42,3 +42,32 @@ def check_code(token: Token, code: str, now: float) -> CodeCheck:
     if not fresh:
         return CodeCheck(CODE_REPLAY, steps[-1])
     return CodeCheck(CODE_OK, fresh[0])
+
+
+# A code from the last day that is no longer valid is what a mail client that stored
+# "password+code" sends when it reconnects: the user's own code, not a guess.
+STALE_HORIZON = 86_400.0
+
+
+def is_stale_code(token: Token, code: str, now: float, horizon: float = STALE_HORIZON) -> bool:
+    """True when `code` was the token's code at some step within `horizon` seconds before
+    the verification window.
+
+    Such a failure is not counted by the throttle: otherwise a phone polling with a
+    stored string locks its owner out of every other client. It gives an attacker
+    nothing (the code is refused all the same) and a random guess lands on one of these
+    ~2 900 codes with probability ~0.3 %, which merely spares that guess from counting.
+    All candidates are compared, in constant time per candidate.
+    """
+    p = token.params
+    center = time_step(now, p.period) + token.drift
+    oldest = max(0, center - int(horizon // p.period))
+    newest = center - p.window - 1
+    if newest < oldest:
+        return False
+    window = (newest - oldest) // 2
+    mid = oldest + window
+    found = matching_steps(token.secret, code, mid, window, p.digits, p.algorithm)
+    if (newest - oldest) % 2:  # an even count of steps: the range above misses `newest`
+        found += matching_steps(token.secret, code, newest, 0, p.digits, p.algorithm)
+    return bool(found)

@@ -44,6 +44,10 @@ class Token:
     params: TotpParams
     last_step: int | None = None
     drift: int = 0
+    # throttle state (core/throttle.py): failed codes with the right password since the
+    # last success, and when the last one was counted (Unix time)
+    failure_count: int = 0
+    last_failure: float | None = None
 
 
 @dataclass(frozen=True)

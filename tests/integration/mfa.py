@@ -25,8 +25,12 @@ def checkpassword_bin() -> str:
 
 def write_config(workdir: Path, slapd: Slapd, name: str = "mailmfa.toml", *,
                  uris: list[str] | None = None, extra_ldap: str = "", tail: str = "",
-                 require_mfa: bool = False, timeout: float = 2.0) -> Path:
-    """A mailmfa.toml (and its service password file) readable by Dovecot's auth process."""
+                 require_mfa: bool = False, timeout: float = 2.0,
+                 reuse_seconds: int = 0, state_file: Path | None = None) -> Path:
+    """A mailmfa.toml (and its service password file) readable by Dovecot's auth process.
+
+    Reuse of a just-verified password+code is off unless `reuse_seconds` is given (tests
+    of strict replay refusal rely on that); its state file defaults to the workdir."""
     secret_file = workdir / f"{name}.ldap.secret"
     secret_file.write_text(slapd.service_password + "\n")
     os.chmod(secret_file, 0o644)
@@ -44,6 +48,8 @@ timeout = {timeout}
 issuer = "Test Mail"
 [policy]
 require_mfa = {"true" if require_mfa else "false"}
+reuse_seconds = {reuse_seconds}
+state_file = "{state_file or workdir / (name + '.state.db')}"
 {tail}"""
     )
     os.chmod(path, 0o644)

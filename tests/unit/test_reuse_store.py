@@ -1,0 +1,78 @@
+"""The reuse store on a real SQLite file: keyed hashes only, expiry, fail-safe when unusable."""
+
+import os
+import stat
+
+from mailmfa.backends.state import ReuseStore, open_reuse_store
+
+NOW = 1_800_000_000.0
+
+
+def test_off_when_zero_seconds(tmp_path):
+    assert open_reuse_store(str(tmp_path / "s.db"), 0) is None
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_remember_then_seen_same_user_string_ip_only(tmp_path):
+    s = ReuseStore(str(tmp_path / "s.db"), 60)
+    assert not s.seen("alice", "pw123456", "192.0.2.1", NOW)
+    assert s.remember("alice", "pw123456", "192.0.2.1", NOW)
+    assert s.seen("alice", "pw123456", "192.0.2.1", NOW + 59)
+    assert not s.seen("alice", "pw123456", "192.0.2.1", NOW + 60)  # expired
+    assert not s.seen("alice", "pw123456", "192.0.2.2", NOW)  # other IP
+    assert not s.seen("alice", "pw123457", "192.0.2.1", NOW)  # other string
+    assert not s.seen("bob", "pw123456", "192.0.2.1", NOW)  # other user
+    assert not s.seen("alicepw", "123456", "192.0.2.1", NOW)  # no field-boundary collisions
+    s.close()
+
+
+def test_no_ip_no_reuse(tmp_path):
+    s = ReuseStore(str(tmp_path / "s.db"), 60)
+    assert not s.remember("alice", "pw123456", "", NOW)
+    assert not s.seen("alice", "pw123456", "", NOW)
+
+
+def test_second_process_sees_entry_and_expired_rows_are_purged(tmp_path):
+    path = str(tmp_path / "s.db")
+    a, b = ReuseStore(path, 60), ReuseStore(path, 60)
+    assert a.remember("alice", "pw123456", "192.0.2.1", NOW)
+    assert b.seen("alice", "pw123456", "192.0.2.1", NOW + 1)
+    b.remember("bob", "x654321", "192.0.2.1", NOW + 120)  # purges alice's expired row
+    import sqlite3
+
+    rows = sqlite3.connect(path).execute("SELECT count(*) FROM reuse").fetchone()[0]
+    assert rows == 1
+
+
+def test_file_is_private_and_holds_no_clear_text(tmp_path):
+    path = tmp_path / "s.db"
+    s = ReuseStore(str(path), 60)
+    s.remember("alice", "Secretpw123456", "192.0.2.1", NOW)
+    s.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    raw = path.read_bytes()
+    for needle in (b"alice", b"Secretpw", b"123456", b"192.0.2.1"):
+        assert needle not in raw
+
+
+def test_unusable_file_means_no_reuse_and_one_log_line(tmp_path, capsys):
+    bad = tmp_path / "not-a-db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    s = ReuseStore(str(bad), 60)
+    assert not s.remember("alice", "pw123456", "192.0.2.1", NOW)
+    assert not s.seen("alice", "pw123456", "192.0.2.1", NOW)
+    err = capsys.readouterr().err
+    assert err.count("event=state_unavailable") == 1 and "effect=reuse_off" in err
+    missing_dir = ReuseStore(str(tmp_path / "nope" / "s.db"), 60)
+    assert not missing_dir.seen("alice", "pw123456", "192.0.2.1", NOW)
+
+
+def test_symlink_is_not_followed(tmp_path, capsys):
+    target = tmp_path / "elsewhere"
+    target.write_text("keep me")
+    link = tmp_path / "s.db"
+    os.symlink(target, link)
+    s = ReuseStore(str(link), 60)
+    assert not s.remember("alice", "pw123456", "192.0.2.1", NOW)
+    assert target.read_text() == "keep me"
+    assert "state_unavailable" in capsys.readouterr().err
