@@ -196,7 +196,7 @@ def diagnose(secret: bytes, code: str, now: float, params: TotpParams, drift: in
         if drift:
             msg += f" (The login checks around {drift:+d} steps from now because of the learned drift.)"
         if used:
-            msg += " That code was also already used."
+            msg += " (Its time is also not later than the last code accepted.)"
     others = tuple(s - now_step for s in steps if s != step)
     return Diagnosis(True, now_step, step, offset, seconds, in_window, used, accepted, others, msg)
 
@@ -264,9 +264,10 @@ def parse_generalized_time(text: str | bytes | None) -> float | None:
 
 def reset_disables_token(pwd_reset: bytes | str | None, pwd_changed: bytes | str | None,
                          secret_time: bytes | str | None) -> bool:
-    """ppolicy says an administrator reset the password (pwdReset: TRUE): 2FA goes off,
-    unless the token was enrolled after that reset (strictly later, so a provisioning
-    script that sets an initial password and then enrols in the same second keeps it).
+    """ppolicy says an administrator reset the password (pwdReset: TRUE): 2FA goes off
+    when the reset came after the token was enrolled. A token enrolled after the reset
+    (or in the same second: a provisioning script setting an initial password and then
+    enrolling) stays, so enrolling again after a reset is not undone at the next login.
     """
     if pwd_reset is None:
         return False
@@ -277,4 +278,4 @@ def reset_disables_token(pwd_reset: bytes | str | None, pwd_changed: bytes | str
     enrolled = parse_generalized_time(secret_time)
     if changed is None or enrolled is None:
         return True
-    return not enrolled > changed
+    return changed > enrolled
