@@ -652,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `mailmfa list | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = EXIT_OK
-    except Exception as exc:  # noqa: BLE001 - a bug: one line unless asked for the traceback
+    except Exception as exc:
         if os.environ.get("MAILMFA_DEBUG"):
             raise
         print(f"mailmfa: internal error: {type(exc).__name__}: {exc} (MAILMFA_DEBUG=1 shows the "

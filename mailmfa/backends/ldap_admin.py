@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from mailmfa.backends.ldap import LdapDirectory, _first, _int_or, _same_dn, generalized_time
+from mailmfa.backends.ldap import (
+    LdapDirectory,
+    _first,
+    _int_or,
+    _same_dn,
+    generalized_time,
+)
 from mailmfa.backends.ports import (
     AdminError,
     AlreadyEnrolled,
@@ -65,17 +71,17 @@ def _classes(attrs: dict[str, list[bytes]]) -> set[str]:
     return set()
 
 
-def _call(d: LdapDirectory, op: Callable[[Any], bool], what: str) -> int:
-    """Run one write on the service connection; the LDAP result code (0 = done).
-    Transport failures are BackendUnavailable, like everywhere else."""
+def _call(d: LdapDirectory, method: str, *args: Any) -> int:
+    """Run one write (`modify`, `delete`) on the service connection; the LDAP result code
+    (0 = done). Transport failures are BackendUnavailable, like everywhere else."""
     from ldap3.core import exceptions as lx
 
     d._bind_service()
     try:
-        ok = op(d._conn)
+        ok = getattr(d._conn, method)(*args)
     except (lx.LDAPException, OSError) as exc:
         d.close()
-        raise BackendUnavailable("ldap_unavailable", f"{what}: {type(exc).__name__}") from None
+        raise BackendUnavailable("ldap_unavailable", f"{method}: {type(exc).__name__}") from None
     if ok:
         return 0
     result = d._conn.result or {}
@@ -123,14 +129,14 @@ def remove_token_of(d: LdapDirectory, user_dn: str) -> bool:
             changes["objectClass"] = [(MODIFY_DELETE, drop)]
         if token_dn is None and USER_CLASS.lower() not in classes:
             return False  # not enrolled (leftover token attributes alone do not count)
-        code = _call(d, lambda c, ch=changes: c.modify(user_dn, ch), "modify")
+        code = _call(d, "modify", user_dn, changes)
         if code in _RETRY:
             continue
         if code:
             raise _refused(code, "switch 2FA off on", user_dn)
         if not on_user:
             assert token_dn is not None
-            code = _call(d, lambda c: c.delete(token_dn), "delete")
+            code = _call(d, "delete", token_dn)
             if code not in (0, _NO_SUCH_OBJECT):
                 # 2FA is already off (the link is gone); the orphan entry is only clutter
                 raise _refused(code, "delete the token entry", token_dn)
@@ -279,7 +285,7 @@ class LdapTokenAdmin:
                 # MODIFY_ADD when there was no link: a concurrent enrolment makes it fail
                 # (compare-and-swap) instead of silently overwriting the other one's secret
                 changes[a.token] = [(MODIFY_ADD if link is None else MODIFY_REPLACE, [dn])]
-            code = _call(self.directory, lambda c, t=target, ch=changes: c.modify(t, ch), "modify")
+            code = _call(self.directory, "modify", target, changes)
             if code in (_VALUE_EXISTS, _CONSTRAINT) and link is None:
                 raise AlreadyEnrolled(f"{user} was enrolled by someone else just now")
             if code in _RETRY:
@@ -308,7 +314,7 @@ class LdapTokenAdmin:
                     ops.append((MODIFY_DELETE, [str(state.last_step)]))
                 ops.append((MODIFY_ADD, [str(last_step)]))
                 changes[a.last_step] = ops
-            code = _call(self.directory, lambda c, ch=changes: c.modify(state.token_dn, ch), "modify")
+            code = _call(self.directory, "modify", state.token_dn, changes)
             if code in (_NO_SUCH_ATTRIBUTE, _VALUE_EXISTS, _CONSTRAINT):
                 continue  # a login moved the last step meanwhile: read again
             if code:

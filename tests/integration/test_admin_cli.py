@@ -30,7 +30,7 @@ def mailmfa_cmd() -> list[str]:
 
 def mailmfa(config: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([*mailmfa_cmd(), "--config", str(config), *args], input=stdin,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def secret_from(text: str) -> bytes:
@@ -157,7 +157,7 @@ def test_enroll_then_imap_login_with_next_code(slapd, config, dovecot):
 
 
 def test_wrong_code_retry_and_new_key(slapd, config):
-    uid, pw = new_user(slapd)
+    uid, _ = new_user(slapd)
     wait_for_step_safe(margin=5)
     e = Enrolment(config, uid)
     first = e.read_secret()
@@ -168,14 +168,14 @@ def test_wrong_code_retry_and_new_key(slapd, config):
     second = e.read_secret()
     assert second != first
     e.type(code_at(second))
-    rc, out, err = e.finish()
+    rc, _, err = e.finish()
     assert rc == 0, err
     assert err.count("not right") == 1 and "not a code" in err
     assert slapd.token_state(uid).first("oathSecret") == second
 
 
 def test_too_many_wrong_codes_gives_up_without_writing(slapd, config):
-    uid, pw = new_user(slapd)
+    uid, _ = new_user(slapd)
     before = entry(slapd, uid)
     proc = mailmfa(config, "enroll", uid, stdin="000001\n000002\n000003\n000004\n000005\n")
     assert proc.returncode == 1 and "nothing was written" in proc.stderr
@@ -184,7 +184,7 @@ def test_too_many_wrong_codes_gives_up_without_writing(slapd, config):
 
 @pytest.mark.parametrize("answer", ["", "quit\n"])
 def test_abandoned_enrolment_leaves_entry_untouched(slapd, config, answer):
-    uid, pw = new_user(slapd)
+    uid, _ = new_user(slapd)
     before = entry(slapd, uid)
     proc = mailmfa(config, "enroll", uid, stdin=answer)
     assert proc.returncode == 1
@@ -195,7 +195,7 @@ def test_abandoned_enrolment_leaves_entry_untouched(slapd, config, answer):
 
 def test_abandoned_replacement_keeps_old_token(slapd, config):
     old = new_secret()
-    uid, pw = new_user(slapd, old, last_step=123)
+    uid, _ = new_user(slapd, old, last_step=123)
     before = entry(slapd, uid)
     proc = mailmfa(config, "enroll", "--replace", uid, stdin="")
     assert proc.returncode == 1 and "stays as it was" in proc.stderr
@@ -203,7 +203,7 @@ def test_abandoned_replacement_keeps_old_token(slapd, config):
 
 
 def test_enrolled_user_needs_replace(slapd, config):
-    uid, pw = new_user(slapd, new_secret())
+    uid, _ = new_user(slapd, new_secret())
     slapd.ldapmodify(f"dn: {slapd.user_dn(uid)}\nchangetype: modify\nreplace: oathTOTPTimeStepDrift\n"
                      "oathTOTPTimeStepDrift: 4\n-\nreplace: oathFailureCount\noathFailureCount: 3\n")
     proc = mailmfa(config, "enroll", uid, "--no-verify")
@@ -287,7 +287,7 @@ def test_replace_keeps_separate_token_entry(slapd, config):
 
 
 def test_status(slapd, config):
-    uid, pw = new_user(slapd, new_secret(), last_step=59_000_000)
+    uid, _ = new_user(slapd, new_secret(), last_step=59_000_000)
     slapd.ldapmodify(
         f"dn: {slapd.user_dn(uid)}\nchangetype: modify\nreplace: oathTOTPTimeStepDrift\n"
         "oathTOTPTimeStepDrift: -7\n-\nreplace: oathFailureCount\noathFailureCount: 2\n-\n"
@@ -316,7 +316,7 @@ def test_status(slapd, config):
 
 
 def test_status_of_broken_token(slapd, config):
-    uid, pw = new_user(slapd, new_secret(), token_on_user=False)
+    uid, _ = new_user(slapd, new_secret(), token_on_user=False)
     slapd.ldapmodify(f"dn: {slapd.token_dn(uid)}\nchangetype: delete\n")
     proc = mailmfa(config, "status", uid, "--json")
     assert proc.returncode == 1 and "does not exist" in json.loads(proc.stdout)["problem"]
@@ -352,7 +352,7 @@ def test_list_2000_users_paged_and_complete(slapd_factory):
 @pytest.mark.parametrize("offset,words,clock", [(-180, "3 min ago", "behind"), (300, "5 min from now", "ahead")])
 def test_diagnose_finds_clock_offset(slapd, config, offset, words, clock):
     secret = new_secret()
-    uid, pw = new_user(slapd, secret)
+    uid, _ = new_user(slapd, secret)
     now = wait_for_step_safe()
     proc = mailmfa(config, "diagnose", uid, code_at(secret, now + offset), "--json")
     assert proc.returncode == 0, proc.stderr
@@ -412,7 +412,7 @@ def test_resync_makes_a_drifted_phone_work(slapd, config, dovecot):
 
 def test_resync_on_separate_token_entry(slapd, config):
     secret = new_secret()
-    uid, pw = new_user(slapd, secret, token_on_user=False)
+    uid, _ = new_user(slapd, secret, token_on_user=False)
     now = wait_for_step_safe()
     proc = mailmfa(config, "resync", uid, code_at(secret, now + 270), code_at(secret, now + 300))
     assert proc.returncode == 0, proc.stderr
@@ -492,13 +492,13 @@ def test_errors_have_distinct_exit_codes_and_no_traceback(workdir, slapd, config
 
 
 def test_help_reads_like_a_man_page(config):
-    proc = subprocess.run([*mailmfa_cmd(), "--help"], capture_output=True, text=True)
+    proc = subprocess.run([*mailmfa_cmd(), "--help"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0
     for word in ("enroll", "status", "list", "diagnose", "resync", "disable", "password-restored",
                  "exit status:", "111", "78"):
         assert word in proc.stdout
     for sub in ("enroll", "status", "list", "diagnose", "resync", "disable", "password-restored"):
-        proc = subprocess.run([*mailmfa_cmd(), sub, "--help"], capture_output=True, text=True)
+        proc = subprocess.run([*mailmfa_cmd(), sub, "--help"], capture_output=True, text=True, check=False)
         assert proc.returncode == 0 and "exit status:" in proc.stdout and "--config" in proc.stdout
 
 
