@@ -388,19 +388,22 @@ def cmd_status(ctx: Ctx) -> int:
 
 def cmd_list(ctx: Ctx) -> int:
     args = ctx.args
-    names = []
+    names: list[str] = []  # kept only for --json; plain output streams
+    count = 0
     progress = ctx.err.isatty() and not args.quiet
     for name in ctx.admin().list_enrolled(args.page_size):
-        names.append(name)
-        if not args.json:
+        count += 1
+        if args.json:
+            names.append(name)
+        else:
             ctx.out.write(name + "\n")
-        if progress and len(names) % 10_000 == 0:
-            ctx.err.write(f"\r{len(names)} enrolled users so far...")
+        if progress and count % 10_000 == 0:
+            ctx.err.write(f"\r{count} enrolled users so far...")
             ctx.err.flush()
-    if progress and len(names) >= 10_000:
+    if progress and count >= 10_000:
         ctx.err.write("\n")
     if args.json:
-        ctx.json({"count": len(names), "users": names})
+        ctx.json({"count": count, "users": names})
     else:
         ctx.out.flush()
     return EXIT_OK
