@@ -153,7 +153,7 @@ def _clock_words(offset_steps: int) -> str:
 def _code_arg(ctx: Ctx, text: str, params: TotpParams, name: str = "CODE") -> str:
     code = core.normalize_code(text, params.digits)
     if code is None:
-        raise _Usage(f"{name} must be the {params.digits} digits the app shows (got {text[:20]!r})")
+        raise _Usage(f"{name} must be the {params.digits} digits the app shows")
     return code
 
 

@@ -194,10 +194,16 @@ class LdapDirectory:
         return record
 
     def remove_token(self, record: UserRecord) -> None:
-        """Switch 2FA off for the user (see ldap_admin.remove_token_of)."""
+        """Switch 2FA off for the user (see ldap_admin.remove_token_of). A refusal (ACL,
+        schema) is a temporary failure with its own log reason: never a login without
+        the code while the token is still there."""
         from mailmfa.backends.ldap_admin import remove_token_of
+        from mailmfa.backends.ports import AdminError
 
-        remove_token_of(self, record.dn)
+        try:
+            remove_token_of(self, record.dn)
+        except AdminError as exc:
+            raise BackendUnavailable("password_reset_failed", str(exc)) from None
 
     def _token(self, token_dn: str, attrs: dict[str, list[bytes]]) -> Token:
         a = self.attrs

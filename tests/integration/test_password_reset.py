@@ -114,3 +114,23 @@ def test_user_changing_own_password_keeps_2fa(ldap, config):
     proc = run_checkpassword(config, uid, "mynewpw" + code_at(secret))
     assert proc.returncode == 0 and "mfa_disabled" not in proc.stderr
     assert "oathSecret" in oath_attrs(ldap, uid)
+
+
+def test_reset_that_cannot_be_applied_is_a_temporary_failure(slapd_factory, workdir_factory):
+    """An ACL that does not let the service account remove oathTOTPUser: the login must not
+    go through without the code while the token is still there -- it is a tempfail (111)."""
+    from servers import ACL_LDIF
+
+    acl = ACL_LDIF.read_text().replace(
+        'olcAccess: {2}to attrs=objectClass val=oathTOTPUser\n  by dn.exact="cn=mailmfa,ou=services,dc=example,dc=org" write',
+        'olcAccess: {2}to attrs=objectClass val=oathTOTPUser\n  by dn.exact="cn=mailmfa,ou=services,dc=example,dc=org" read')
+    assert acl != ACL_LDIF.read_text()
+    path = workdir_factory() / "acl.ldif"
+    path.write_text(acl)
+    ldap = slapd_factory(with_ppolicy=True, ppolicy=PPOLICY, acl_ldif=path)
+    cfg = write_config(ldap.workdir, ldap)
+    ldap.add_user("stuck", "oldpw", new_secret())
+    reset_password(ldap, "stuck", "newpw")
+    proc = run_checkpassword(cfg, "stuck", "newpw")
+    assert proc.returncode == 111 and "reason=password_reset_failed" in proc.stderr
+    assert "oathSecret" in oath_attrs(ldap, "stuck")

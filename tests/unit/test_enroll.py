@@ -152,3 +152,13 @@ def test_generalized_time(text, expected):
 ])
 def test_reset_disables_token(reset, changed, enrolled, off):
     assert enroll.reset_disables_token(reset, changed, enrolled) is off
+
+
+def test_config_params_dn_key():
+    from mailmfa.config import ConfigError, parse
+
+    cfg = parse({"ldap": {"user_base": "ou=people,dc=x", "params_dn": "cn=p,dc=x"}})
+    assert cfg.ldap.params_dn == "cn=p,dc=x"
+    assert parse({"ldap": {"user_base": "ou=people,dc=x"}}).ldap.params_dn == ""
+    with pytest.raises(ConfigError, match="params_dn"):
+        parse({"ldap": {"user_base": "ou=people,dc=x", "params_dn": 3}})
