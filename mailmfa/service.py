@@ -19,7 +19,7 @@ from mailmfa.core.policy import (
 )
 from mailmfa.core.split import split_code
 from mailmfa.core.throttle import wait_seconds
-from mailmfa.core.types import Outcome, Request, Verdict
+from mailmfa.core.types import Outcome, Request, UserRecord, Verdict
 
 if TYPE_CHECKING:
     from mailmfa.backends.state import ReuseStore
@@ -41,10 +41,23 @@ REUSED = "reused"
 
 # How long the loser of a parallel race waits for the winner's reuse entry (seconds).
 REUSE_WAIT = 0.5
+PASSWORD_RESET = "password_reset"
 
 
 def _refuse(req: Request, reason: str, dn: str = "") -> Outcome:
     return Outcome(Verdict.REJECT, reason, req.user, dn)
+
+
+def _switch_off_after_reset(req: Request, record: UserRecord, directory: Directory) -> UserRecord:
+    """An administrator reset the password (ppolicy pwdReset): 2FA goes off, as after a
+    password restore, and this login continues as one without a token."""
+    from dataclasses import replace
+
+    from mailmfa import log
+
+    directory.remove_token(record)
+    log.emit({"event": "mfa_disabled", "user": req.user, "reason": PASSWORD_RESET, "dn": record.dn})
+    return replace(record, token=None)
 
 
 def authenticate(req: Request, directory: Directory, config: Config, now: float,
@@ -80,6 +93,8 @@ def _authenticate(req: Request, directory: Directory, config: Config, now: float
         record = directory.lookup(req.user)
         if record is None:
             return _refuse(req, UNKNOWN_USER)
+        if record.password_reset and record.token is not None:
+            record = _switch_off_after_reset(req, record, directory)
         token = record.token
         if token is None:
             if not req.secret or not directory.verify_password(record, req.secret):
