@@ -27,6 +27,7 @@ from mailmfa.backends.ports import (
 )
 from mailmfa.config import Config, ConfigError
 from mailmfa.core import enroll as core
+from mailmfa.core.throttle import is_locked_out, wait_seconds
 from mailmfa.core.types import TotpParams
 
 EXIT_OK = 0
@@ -48,7 +49,7 @@ exit status:
        (use --replace), resync codes not consecutive, diagnose: no match
   2    usage error: bad arguments, malformed code
   3    no such user (or the name matches several entries)
-  4    the user has no 2-step verification (status, diagnose, resync, disable)
+  4    the user has no 2-step verification (status, diagnose, resync, disable, unlock)
   70   internal error (a bug: please report it; MAILMFA_DEBUG=1 shows the traceback)
   78   configuration error: config file, service account, params entry, or a
        directory limit that cuts a listing short
@@ -349,6 +350,8 @@ def cmd_status(ctx: Ctx) -> int:
         "last_login": _iso(state.last_login),
         "failure_count": state.failure_count,
         "last_failure": _iso(state.last_failure),
+        "throttle_wait_seconds": _throttle_wait(state),
+        "locked_out": bool(state.failure_count and is_locked_out(state.failure_count)),
         "drift_steps": state.drift if state.enrolled else None,
         "drift_seconds": state.drift * period if state.enrolled else None,
         "problem": state.problem or None,
@@ -376,6 +379,11 @@ def cmd_status(ctx: Ctx) -> int:
                 line = f"failures:          {state.failure_count or 0}"
                 if state.last_failure is not None:
                     line += f" (last {_when(state.last_failure)})"
+                wait = data["throttle_wait_seconds"]
+                if data["locked_out"]:
+                    line += " — LOCKED: no code is checked until `mailmfa unlock`"
+                elif wait:
+                    line += f" — throttled: next code checked in {core.duration_words(int(wait) + 1)}"
                 ctx.say(line)
             drift = "none" if not state.drift else (
                 f"{state.drift:+d} steps (the phone's clock is {_clock_words(state.drift)} by "
@@ -384,6 +392,14 @@ def cmd_status(ctx: Ctx) -> int:
     if state.enrolled and state.problem:
         return EXIT_REFUSED
     return EXIT_OK if state.enrolled else EXIT_NOT_ENROLLED
+
+
+def _throttle_wait(state: core.TokenState) -> float | None:
+    """Seconds until a code is checked again (None: locked out or not enrolled)."""
+    if not state.enrolled:
+        return None
+    wait = wait_seconds(state.failure_count or 0, state.last_failure, time.time())
+    return None if wait == float("inf") else round(wait, 1)
 
 
 def cmd_list(ctx: Ctx) -> int:
@@ -489,6 +505,20 @@ def cmd_disable(ctx: Ctx) -> int:
     return _switch_off(ctx, ctx.args.user, ctx.args.reason or "admin", missing_ok=False)
 
 
+def cmd_unlock(ctx: Ctx) -> int:
+    user = ctx.args.user
+    done = ctx.admin().reset_failures(user)
+    ctx.event(event="throttle_reset" if done else "throttle_reset_noop", user=user,
+              result="ok" if done else "not_enrolled")
+    if ctx.args.json:
+        ctx.json({"user": user, "unlocked": done})
+    elif done:
+        ctx.say(f"{user}: failed-code count cleared; the next code is checked at once.")
+    else:
+        ctx.say(f"{user} has no 2-step verification: nothing to unlock.")
+    return EXIT_OK if done else EXIT_NOT_ENROLLED
+
+
 def cmd_password_restored(ctx: Ctx) -> int:
     return _switch_off(ctx, ctx.args.user, "password_restore", missing_ok=True)
 
@@ -590,6 +620,13 @@ require_mfa = true. Logged as event=mfa_disabled with the reason. Exit 4 when th
 user had no 2-step verification.""", cmd_disable)
     p.add_argument("user", metavar="USER")
     p.add_argument("--reason", metavar="TEXT", help="why (logged as reason=TEXT; default: admin)")
+
+    p = add("unlock", "clear a user's brute-force throttle", """\
+After more than five wrong codes with the right password, codes are checked only after
+a growing wait (30 s, doubling, up to 24 h; after 100 no code is checked at all). unlock
+clears the failure count, so the user's next code is checked at once. `status` shows the
+count and the wait. Exit 4 when the user has no 2-step verification.""", cmd_unlock)
+    p.add_argument("user", metavar="USER")
 
     p = add("password-restored", "call after a password restore: switches 2FA off", """\
 For the site's password restore procedure ("after a successful password restore,

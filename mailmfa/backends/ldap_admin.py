@@ -299,6 +299,14 @@ class LdapTokenAdmin:
         dn, _ = self._user(user)
         return remove_token_of(self.directory, dn)
 
+    def reset_failures(self, user: str) -> bool:
+        self._user(user)  # UnknownUser for a name that matches nothing
+        record = self.directory.lookup(user)
+        if record is None or record.token is None:
+            return False
+        self.directory.reset_failures(record)
+        return True
+
     def set_drift(self, user: str, drift: int, last_step: int | None = None) -> None:
         from ldap3 import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE
 

@@ -112,6 +112,10 @@ class TokenAdmin(Protocol):
         """Store the clock drift (whole steps) and, if given, mark steps up to `last_step`
         as used (the codes given for a resync). Raises NotEnrolled."""
 
+    def reset_failures(self, user: str) -> bool:
+        """Clear the brute-force throttle (failure count, last failure): `mailmfa unlock`.
+        False when the user has no token. Raises UnknownUser."""
+
     def list_enrolled(self, page_size: int = 500) -> Iterator[str]:
         """Every enrolled user's name, fetched a page at a time (any directory size).
 

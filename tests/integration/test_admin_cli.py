@@ -516,3 +516,36 @@ def test_service_user_only_needs_shipped_acl(slapd, config):
 def _no_stray_env(monkeypatch):
     monkeypatch.delenv("MAILMFA_CONFIG", raising=False)
     os.environ.pop("MAILMFA_DEBUG", None)
+
+
+# ---------------------------------------------------------------------------------- unlock
+
+
+def test_status_shows_throttle_and_unlock_clears_it(slapd, config):
+    from mailmfa.backends.ldap import generalized_time
+
+    secret = new_secret()
+    uid, pw = new_user(slapd, secret)
+    dn = slapd.user_dn(uid)
+    slapd.ldapmodify(f"dn: {dn}\nchangetype: modify\nreplace: oathFailureCount\noathFailureCount: 7\n-\n"
+                     f"replace: oathLastFailure\noathLastFailure: {generalized_time(time.time() - 5)}\n")
+    wait_for_step_safe()
+    proc = run_checkpassword(config, uid, pw + code_at(secret))
+    assert proc.returncode == 1 and "reason=throttled" in proc.stderr
+
+    st = mailmfa(config, "status", uid, "--json")
+    data = json.loads(st.stdout)
+    assert data["failure_count"] == 7 and data["throttle_wait_seconds"] > 0 and not data["locked_out"]
+    assert "throttled: next code checked in" in mailmfa(config, "status", uid).stdout
+
+    un = mailmfa(config, "unlock", uid)
+    assert un.returncode == 0, un.stderr
+    assert "event=throttle_reset" in un.stderr
+    after = entry(slapd, uid)
+    assert "oathFailureCount" not in after
+    wait_for_step_safe()
+    assert run_checkpassword(config, uid, pw + code_at(secret)).returncode == 0
+
+    plain, _ = new_user(slapd)
+    assert mailmfa(config, "unlock", plain).returncode == 4
+    assert mailmfa(config, "unlock", "nobody-at-all").returncode == 3
