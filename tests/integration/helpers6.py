@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyotp
+
 from mfa import checkpassword_bin
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from mfa import checkpassword_bin, code_at, new_secret, run_checkpassword, write_config
 from servers import HMAC_SHA1, Dovecot, free_port, wait_for_step_safe
 

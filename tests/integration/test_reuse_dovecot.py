@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+
 from mfa import checkpassword_bin, code_at, new_secret, write_config
 from servers import Dovecot, wait_for_step_safe
 

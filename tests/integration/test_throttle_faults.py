@@ -13,13 +13,13 @@ import time
 
 import pytest
 from helpers6 import login, reason, request_bytes, spawn, wrong_code
-from mfa import code_at, new_secret, write_config
-from servers import wait_for_step_safe
 
 from mailmfa import config as cfgmod
 from mailmfa.backends.ldap import LdapDirectory, generalized_time
 from mailmfa.backends.ldap_state import read_throttle, reset_throttle
 from mailmfa.core import throttle
+from mfa import code_at, new_secret, write_config
+from servers import wait_for_step_safe
 
 _n = iter(range(1, 100_000))
 
@@ -63,7 +63,7 @@ def failures(server, uid, token_on_user=True):
 def test_five_failures_counted_then_throttled_without_revealing_the_code(slapd, config, token_on_user):
     uid, pw, secret = new_user(slapd, token_on_user=token_on_user)
     bad = pw + wrong_code(secret)
-    for i in range(5):
+    for _ in range(5):
         rc, _, err, _ = login(config, uid, bad)
         assert (rc, reason(err)) == (1, "bad_code"), err
     count, last = failures(slapd, uid, token_on_user)

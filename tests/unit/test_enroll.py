@@ -68,7 +68,7 @@ def test_verify_first_code_takes_earliest_matching_step():
 def test_duration_words(seconds):
     words = enroll.duration_words(seconds)
     total = 0
-    for n, unit in zip(words.split()[::2], words.split()[1::2]):
+    for n, unit in zip(words.split()[::2], words.split()[1::2], strict=True):
         total += int(n) * {"h": 3600, "min": 60, "s": 1}[unit]
     assert total == seconds and enroll.duration_words(-seconds) == words
 

@@ -171,7 +171,7 @@ def test_throttled_user_gets_no_reuse(tmp_path):
     d = MemDirectory()
     s = "pw" + code(T0)
     assert login(d, s, T0, config).reason == "ok"
-    for i in range(5):
+    for _ in range(5):
         login(d, "pw" + wrong(T0), T0 + 1, config, rip="203.0.113.5")
     assert login(d, s, T0 + 2, config).reason == "throttled"
 
