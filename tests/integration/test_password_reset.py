@@ -122,7 +122,8 @@ def test_reset_that_cannot_be_applied_is_a_temporary_failure(slapd_factory, work
     go through without the code while the token is still there -- it is a tempfail (111)."""
     from servers import ACL_LDIF
 
-    rule = 'olcAccess: {2}to attrs=objectClass val=oathTOTPUser\n  by dn.exact="cn=mailmfa,ou=services,dc=example,dc=org" '
+    rule = ('olcAccess: {2}to attrs=objectClass val=oathTOTPUser\n'
+            '  by dn.exact="cn=mailmfa,ou=services,dc=example,dc=org" ')
     acl = ACL_LDIF.read_text().replace(rule + "write", rule + "read")
     assert acl != ACL_LDIF.read_text()
     path = workdir_factory() / "acl.ldif"
