@@ -51,6 +51,8 @@ class LdapConfig:
     timeout: float = 3.0
     secret_encoding: str = "raw"
     otp_overlay: bool = False
+    # params entry new enrolments point to (oathTOTPParams); "" = none, [totp] applies
+    params_dn: str = ""
     attributes: LdapAttributes = field(default_factory=LdapAttributes)
 
 
@@ -145,6 +147,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "timeout": (float, _range(0.1, 60)),
         "secret_encoding": (str, _one_of("raw", "base32")),
         "otp_overlay": (bool, None),
+        "params_dn": (str, None),
         "attributes": (dict, None),
     },
     "totp": {

@@ -10,7 +10,7 @@ from mailmfa.backends.ports import BackendUnavailable, Directory
 from mailmfa.config import Config
 from mailmfa.core.policy import CODE_BAD, CODE_OK, CODE_REPLAY, check_code
 from mailmfa.core.split import split_code
-from mailmfa.core.types import Outcome, Request, Verdict
+from mailmfa.core.types import Outcome, Request, UserRecord, Verdict
 
 MAX_USER = 256
 MAX_SECRET = 512
@@ -24,10 +24,23 @@ REPLAY = "replay"
 NO_TOKEN = "no_token"
 UNKNOWN_USER = "unknown_user"
 BAD_INPUT = "bad_input"
+PASSWORD_RESET = "password_reset"
 
 
 def _refuse(req: Request, reason: str, dn: str = "") -> Outcome:
     return Outcome(Verdict.REJECT, reason, req.user, dn)
+
+
+def _switch_off_after_reset(req: Request, record: UserRecord, directory: Directory) -> UserRecord:
+    """An administrator reset the password (ppolicy pwdReset): 2FA goes off, as after a
+    password restore, and this login continues as one without a token."""
+    from dataclasses import replace
+
+    from mailmfa import log
+
+    directory.remove_token(record)
+    log.emit({"event": "mfa_disabled", "user": req.user, "reason": PASSWORD_RESET, "dn": record.dn})
+    return replace(record, token=None)
 
 
 def authenticate(req: Request, directory: Directory, config: Config, now: float) -> Outcome:
@@ -41,6 +54,8 @@ def authenticate(req: Request, directory: Directory, config: Config, now: float)
         record = directory.lookup(req.user)
         if record is None:
             return _refuse(req, UNKNOWN_USER)
+        if record.password_reset and record.token is not None:
+            record = _switch_off_after_reset(req, record, directory)
         token = record.token
         if token is None:
             if not req.secret or not directory.verify_password(record, req.secret):

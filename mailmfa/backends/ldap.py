@@ -22,6 +22,9 @@ from mailmfa.core.types import ALGORITHM_OIDS, Token, TotpParams, UserRecord
 # constraintViolation (ppolicy lockout).
 _REFUSED_BIND = {49, 48, 50, 53, 19}
 _NO_SUCH_OBJECT = 32
+# ppolicy's operational attributes (returned only when asked for): an administrative
+# password reset switches 2FA off. Directories without ppolicy simply return neither.
+_RESET_ATTRS = ["pwdReset", "pwdChangedTime"]
 
 
 def _first(attrs: dict[str, list[bytes]], name: str) -> bytes | None:
@@ -154,10 +157,12 @@ class LdapDirectory:
     def lookup(self, user: str) -> UserRecord | None:
         cfg = self.config.ldap
         flt = fill_filter(cfg.user_filter, user)
-        found = self._search(cfg.user_base, flt, "SUBTREE", [self.attrs.token, *self._token_attr_names()], 2)
+        found = self._search(cfg.user_base, flt, "SUBTREE",
+                             [self.attrs.token, *self._token_attr_names(), *_RESET_ATTRS], 2)
         if len(found) != 1:
             return None  # unknown, or ambiguous: never guess which entry is meant
         dn, attrs = found[0]["dn"], found[0]["attrs"]
+        user_attrs = attrs
         link = _first(attrs, self.attrs.token)
         if link is None:
             return UserRecord(user, dn, None)
@@ -168,7 +173,31 @@ class LdapDirectory:
                 # a dangling link is a provisioning error: fail closed, but not as "no token"
                 raise BackendUnavailable("token_missing", "token entry not found")
             attrs = tok[0]["attrs"]
-        return UserRecord(user, dn, self._token(token_dn, attrs))
+        record = UserRecord(user, dn, self._token(token_dn, attrs))
+        if _first(user_attrs, "pwdReset") is not None:
+            record = self._check_password_reset(record, user_attrs)
+        return record
+
+    def _check_password_reset(self, record: UserRecord, user_attrs: dict[str, list[bytes]]) -> UserRecord:
+        """ppolicy's pwdReset: an administrator set the password, so 2FA goes off (unless
+        the token was enrolled after that reset); see core.enroll.reset_disables_token."""
+        from dataclasses import replace
+
+        from mailmfa.core.enroll import reset_disables_token
+
+        assert record.token is not None
+        # rare path (pwdReset present): one more read rather than a wider search per login
+        tok = self._search(record.token.dn, "(objectClass=*)", "BASE", [self.attrs.secret_time], 1)
+        secret_time = _first(tok[0]["attrs"], self.attrs.secret_time) if tok else None
+        if reset_disables_token(_first(user_attrs, "pwdReset"), _first(user_attrs, "pwdChangedTime"), secret_time):
+            return replace(record, password_reset=True)
+        return record
+
+    def remove_token(self, record: UserRecord) -> None:
+        """Switch 2FA off for the user (see ldap_admin.remove_token_of)."""
+        from mailmfa.backends.ldap_admin import remove_token_of
+
+        remove_token_of(self, record.dn)
 
     def _token(self, token_dn: str, attrs: dict[str, list[bytes]]) -> Token:
         a = self.attrs

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
 
 from mailmfa.core.types import UserRecord
+
+if TYPE_CHECKING:  # the login path must not pay for importing the admin side
+    from mailmfa.core.enroll import NewToken, TokenState
+    from mailmfa.core.types import TotpParams
 
 
 class BackendUnavailable(Exception):
@@ -32,6 +37,76 @@ class Directory(Protocol):
         """Atomically move the token's last step from record.token.last_step to `step`.
 
         False when another login got there first (compare-and-swap lost): a replay.
+        """
+
+    def remove_token(self, record: UserRecord) -> None:
+        """Switch 2FA off for `record` (its token and the link to it), in one step.
+
+        Called only for records whose lookup() set `password_reset`; a backend that never
+        sets it need not implement this.
+        """
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+# ------------------------------------------------------------------------------------ admin
+
+
+class AdminError(Exception):
+    """An expected admin-side refusal, worded for the help desk (no traceback shown)."""
+
+
+class UnknownUser(AdminError):
+    """No entry for this user name, or more than one (never guess which is meant)."""
+
+
+class AlreadyEnrolled(AdminError):
+    """The user has a token and the caller did not ask to replace it."""
+
+
+class NotEnrolled(AdminError):
+    """The user exists but has no token."""
+
+
+class ListIncomplete(AdminError):
+    """The store stopped a listing early (a server size limit): a configuration problem."""
+
+
+class TokenAdmin(Protocol):
+    """What the admin CLI (and later a web UI) needs from a token store.
+
+    Users are named as they log in. Every method may raise BackendUnavailable (outage:
+    retry later) and UnknownUser; the store's own layout (token on the user entry or
+    separately, raw or base32 secret, params entries) stays behind this interface.
+    Writes are single atomic operations: a crash never leaves 2FA half on.
+    """
+
+    def enrolment_params(self) -> TotpParams:
+        """The TOTP parameters a new token gets (and the login path will use for it)."""
+
+    def token_state(self, user: str) -> TokenState:
+        """The user's token, or a state with enrolled=False; broken tokens set `problem`."""
+
+    def write_token(self, user: str, token: NewToken, *, replace: bool = False) -> None:
+        """Store a new token (secret, params, creation time, used step) in one write.
+
+        Raises AlreadyEnrolled when the user has a token and `replace` is false; with
+        `replace`, the old secret and its history (drift, failures) are gone afterwards.
+        """
+
+    def remove_token(self, user: str) -> bool:
+        """Remove the token and the user's link to it in one step; False when there was none."""
+
+    def set_drift(self, user: str, drift: int, last_step: int | None = None) -> None:
+        """Store the clock drift (whole steps) and, if given, mark steps up to `last_step`
+        as used (the codes given for a resync). Raises NotEnrolled."""
+
+    def list_enrolled(self, page_size: int = 500) -> Iterator[str]:
+        """Every enrolled user's name, fetched a page at a time (any directory size).
+
+        Raises ListIncomplete when the store stops before the end (e.g. a size limit), so a
+        partial list is never taken for the whole.
         """
 
     def close(self) -> None:

@@ -53,6 +53,9 @@ class UserRecord:
     name: str
     dn: str
     token: Token | None = None
+    # the directory says the password was reset by an administrator after this token was
+    # enrolled (ppolicy pwdReset): the token is to be removed and the login goes on without it
+    password_reset: bool = False
 
 
 @dataclass(frozen=True)
