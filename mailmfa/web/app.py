@@ -23,7 +23,7 @@ from jinja2 import StrictUndefined
 from werkzeug.exceptions import HTTPException
 
 from mailmfa import log
-from mailmfa.backends.ports import BackendUnavailable
+from mailmfa.backends.ports import AdminError, BackendUnavailable, UnknownUser
 from mailmfa.config import Config
 from mailmfa.core.types import Request as AuthRequest
 from mailmfa.core.types import Verdict
@@ -121,7 +121,7 @@ def create_app(
     def render(template: str, status: int = 200, **ctx: Any) -> Response:
         s = sess()
         ctx.setdefault("notice", s.pop(NOTICE, None))
-        body = render_template(template, t=t, site_name=site_name, signed_in=s.get(USER),
+        body = render_template(template, t=t, lang=strings.LANG, site_name=site_name, signed_in=s.get(USER),
                                csrf_field=CSRF_FIELD, csrf_token=csrf_token, **ctx)
         return Response(body, status=status, mimetype="text/html")
 
@@ -168,6 +168,14 @@ def create_app(
     @app.errorhandler(BackendUnavailable)
     def _unavailable(exc: BackendUnavailable) -> Response:
         emit("error", result="tempfail", reason=exc.reason, user=sess().get(USER) or None)
+        return render("message.html", 503, title=t.error_title, message=t.error_unavailable)
+
+    @app.errorhandler(AdminError)
+    def _admin_error(exc: AdminError) -> Response:
+        # UnknownUser for a signed-in user: the entry was removed or renamed meanwhile
+        emit("error", result="fail", reason=type(exc).__name__, user=sess().get(USER) or None)
+        if isinstance(exc, UnknownUser):
+            sess().end()
         return render("message.html", 503, title=t.error_title, message=t.error_unavailable)
 
     @app.errorhandler(HTTPException)
