@@ -87,6 +87,7 @@ TEXT: dict[str, str] = {
     "disable": "Disable",
     "cancel": "Cancel",
     # --- install an app
+    "step": "Step {n} of {total}",
     "apps_title": "Install a code generation app",
     "apps_intro": "You need an app on your phone that makes the codes. Install one of these, "
                   "or any other app that supports time-based codes (TOTP).",

@@ -133,7 +133,10 @@ def dovecot(dovecot_factory, config, workdir):
 # --------------------------------------------------------------------------- helpers
 
 def shot(page, name: str) -> None:
+    """Save the screen, and check it fits a 360 px phone without sideways scrolling."""
     SCREENS.mkdir(parents=True, exist_ok=True)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= VIEWPORT["width"], f"{name}: page is {width} px wide"
     page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
 
 
