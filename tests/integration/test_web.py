@@ -132,11 +132,11 @@ def dovecot(dovecot_factory, config, workdir):
 
 # --------------------------------------------------------------------------- helpers
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, max_width: int = VIEWPORT["width"]) -> None:
     """Save the screen, and check it fits a 360 px phone without sideways scrolling."""
     SCREENS.mkdir(parents=True, exist_ok=True)
     width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= VIEWPORT["width"], f"{name}: page is {width} px wide"
+    assert width <= max_width, f"{name}: page is {width} px wide"
     page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
 
 
@@ -348,6 +348,36 @@ def test_wrong_password_with_right_code_is_refused(page, slapd):
     assert not slapd.token_state(uid).first("oathTOTPLastTimeStep")
 
 
+def test_three_refused_codes_send_back_to_sign_in(page, slapd):
+    secret = new_secret()
+    uid, pw = new_user(slapd, secret=secret)
+    page.goto("/login")
+    page.get_by_label("Login").fill(uid)
+    page.get_by_label("Password").fill(pw)
+    page.get_by_role("button", name="Sign in").click()
+    for _ in range(3):
+        assert heading(page) == "Enter your code"
+        page.get_by_label("Code").fill(wrong_code(secret))
+        page.get_by_role("button", name="Sign in").click()
+    assert heading(page) == "Sign in"
+    assert page.locator(".notice").inner_text() == "Please sign in again."
+    page.goto("/login/code")
+    assert heading(page) == "Sign in"  # the kept password is gone
+
+
+def test_five_wrong_passwords_on_confirm_end_the_session(page, slapd):
+    uid, pw = new_user(slapd)
+    sign_in(page, uid, pw)
+    page.get_by_role("link", name="2-step verification").click()
+    for _ in range(5):
+        assert heading(page) == "2-step verification"
+        page.get_by_label("Password").fill("wrong")
+        page.get_by_role("button", name="Confirm").click()
+    assert heading(page) == "Sign in"
+    page.goto("/profile")
+    assert heading(page) == "Sign in"
+
+
 def test_wrong_login_password_and_no_token_sign_in(page, slapd):
     uid, pw = new_user(slapd)
     page.goto("/login")
@@ -465,5 +495,23 @@ def test_keyboard_only_sign_in(browser, web, slapd):
         assert heading(pg) == "Profile"
         # width check: nothing wider than a 360 px screen
         assert pg.evaluate("document.documentElement.scrollWidth") <= VIEWPORT["width"]
+    finally:
+        ctx.close()
+
+
+def test_desktop_screens(browser, web, slapd):
+    """The same pages on a wide screen (for the screenshots; the flows are tested above)."""
+    uid, pw = new_user(slapd)
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, java_script_enabled=False,
+                              base_url=web.url)
+    pg = ctx.new_page()
+    try:
+        pg.goto("/login")
+        shot(pg, "09-desktop-sign-in", max_width=1280)
+        start_enrolment(pg, uid, pw)
+        pg.get_by_text("Can not scan the barcode").click()
+        shot(pg, "09-desktop-barcode", max_width=1280)
+        pg.goto("/2fa/apps")
+        shot(pg, "09-desktop-apps", max_width=1280)
     finally:
         ctx.close()

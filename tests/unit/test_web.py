@@ -231,6 +231,34 @@ def test_post_without_csrf_refused_before_any_backend(state):
         assert r.status_code == 403 and b"form has expired" in r.data
 
 
+def test_directory_down_is_unavailable_never_a_sign_in(state):
+    """A real ldap3 connection to a closed loopback port: 503 and no session user."""
+    import socket
+
+    from mailmfa.web.app import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = parse({"ldap": {"user_base": "ou=people,dc=x", "uris": [f"ldap://127.0.0.1:{port}"], "timeout": 1},
+                 "web": {"state_dir": str(state), "secure_cookies": False}})
+    client = create_app(cfg).test_client()
+    page = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    r = client.post("/login", data={"login": "alice", "password": "pw", "csrf": token})
+    assert r.status_code == 503 and b"temporarily unavailable" in r.data
+    assert client.get("/profile").status_code == 303
+
+
+def test_wsgi_entry_reads_mailmfa_config(tmp_path, state):
+    conf = tmp_path / "m.toml"
+    conf.write_text(f'[ldap]\nuser_base = "ou=p,dc=x"\n[web]\nstate_dir = "{state}"\n')
+    r = subprocess.run([sys.executable, "-c", "from mailmfa.web.wsgi import application; print(application.name)"],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "MAILMFA_CONFIG": str(conf)})
+    assert r.returncode == 0 and "mailmfa.web.app" in r.stdout, r.stderr
+
+
 def test_oversized_body_refused(state):
     client = _app(state, secure=False).test_client()
     r = client.post("/login", data={"login": "x", "password": "y" * 20_000})
