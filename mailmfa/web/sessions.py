@@ -186,8 +186,9 @@ class SessionStore:
             )
 
     def _db(self) -> sqlite3.Connection:
+        # per thread, and per process: a connection must not cross a fork (gunicorn --preload)
         conn = getattr(self._local, "conn", None)
-        if conn is None:
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
             old = os.umask(0o077)
             try:
                 conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=True)
@@ -196,6 +197,7 @@ class SessionStore:
             finally:
                 os.umask(old)
             self._local.conn = conn
+            self._local.pid = os.getpid()
         return conn
 
     def new(self) -> Session:
