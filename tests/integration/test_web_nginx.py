@@ -130,7 +130,7 @@ def test_sign_in_over_https_with_host_prefixed_secure_cookie(stack, slapd):
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM, headless=True,
-            args=[f"--host-resolver-rules=MAP account.example.org 127.0.0.1"])
+            args=["--host-resolver-rules=MAP account.example.org 127.0.0.1"])
         try:
             ctx = browser.new_context(ignore_https_errors=True, java_script_enabled=False)
             page = ctx.new_page()
