@@ -378,6 +378,29 @@ def test_five_wrong_passwords_on_confirm_end_the_session(page, slapd):
     assert heading(page) == "Sign in"
 
 
+def test_changes_need_a_fresh_password_and_sign_out_ends_the_session(page, slapd):
+    uid, pw = new_user(slapd)
+    sign_in(page, uid, pw)
+    for path in ("/2fa/manage", "/2fa/apps", "/2fa/setup"):
+        page.goto(path)
+        assert heading(page) == "2-step verification", path
+        assert page.locator(".notice").inner_text() == "For your security, enter your password again."
+    token = page.locator("input[name=csrf]").first.get_attribute("value")
+    r = page.request.post("/2fa/enable", form={"csrf": token}, max_redirects=0)
+    assert r.status == 303 and r.headers["location"].endswith("/2fa")
+    before = page.context.cookies()
+    page.get_by_role("button", name="Sign out").click()
+    assert heading(page) == "Sign in"
+    page.goto("/profile")
+    assert heading(page) == "Sign in"
+    assert not has_token(slapd, uid)
+    # the old cookie is dead server-side too (a copy taken before sign-out is worthless)
+    page.context.clear_cookies()
+    page.context.add_cookies(before)
+    page.goto("/profile")
+    assert heading(page) == "Sign in"
+
+
 def test_wrong_login_password_and_no_token_sign_in(page, slapd):
     uid, pw = new_user(slapd)
     page.goto("/login")
