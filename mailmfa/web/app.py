@@ -356,11 +356,19 @@ def create_app(
     def mfa() -> Response:
         user = require_user()
         state = token_state(user)
+        # with slapd's otp overlay an enrolled user's bind needs password+code: ask for both
+        need_code = bool(config.ldap.otp_overlay and state.enrolled)
         if request.method == "GET":
-            return render("reauth.html", title=t.mfa_title, state=state, error=None)
+            return render("reauth.html", title=t.mfa_title, state=state, error=None, need_code=need_code)
         password = field("password", MAX_PASSWORD)
+        code = field("code", 64).strip().replace(" ", "") if need_code else ""
         ok = False
-        if password:
+        if password and need_code:
+            outcome = authenticate(user, password + code)
+            if outcome.verdict is Verdict.TEMPFAIL:
+                raise BackendUnavailable(outcome.reason)
+            ok = outcome.verdict is Verdict.ACCEPT
+        elif password:
             record = directory().lookup(user)
             if record is None:
                 sess().end()
@@ -382,7 +390,8 @@ def create_app(
                 emit("logout", user=user, reason="reauth_failures")
                 s.end()
                 return _to_login()
-            return render("reauth.html", 401, title=t.mfa_title, state=state, error=t.reauth_failed)
+            return render("reauth.html", 401, title=t.mfa_title, state=state, need_code=need_code,
+                          error=t.reauth_failed_code if need_code else t.reauth_failed)
         emit("reauth", result="ok", user=user)
         s[REAUTH_AT] = clock()
         s[REAUTH_FAILS] = 0

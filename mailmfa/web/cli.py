@@ -17,7 +17,7 @@ EXIT_CONFIG = 78
 EPILOG = """\
 exit status:
   0   stopped normally (or --check: configuration usable)
-  2   usage error (bad option or --listen value)
+  2   usage error (bad option, bad --listen value, address in use)
   78  configuration error (file, key or state_dir named in the message)
 
 Configuration: [ldap], [totp], [policy] and [web] of mailmfa.toml (see conf/mailmfa.toml).

@@ -75,6 +75,9 @@ TEXT: dict[str, str] = {
     "mfa_intro_on": "2-step verification is on. To change it, enter your password again.",
     "confirm": "Confirm",
     "reauth_failed": "The password is not correct.",
+    "reauth_failed_code": "The password or the code is not correct. Wait for the next code and try again.",
+    "mfa_intro_on_code": "2-step verification is on. To change it, enter your password and the current "
+                         "code from the app.",
     "reauth_expired": "For your security, enter your password again.",
     # --- manage
     "enable_title": "Turn on 2-step verification",

@@ -12,22 +12,17 @@ from __future__ import annotations
 import base64
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from web_harness import CHROMIUM, VIEWPORT, WebApp, shot
 
 from mfa import checkpassword_bin, code_at, new_secret, write_config
-from servers import REPO_ROOT, Dovecot, free_port, poll_until, wait_for_step_safe
+from servers import Dovecot, wait_for_step_safe
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (make venv)")
 
-CHROMIUM = "/usr/bin/chromium"
-SCREENS = REPO_ROOT / "artifacts" / "screens"
-VIEWPORT = {"width": 360, "height": 780}
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium)", allow_module_level=True)
@@ -72,34 +67,9 @@ site_name = "Example Mail"
 @pytest.fixture(scope="module")
 def web(config, workdir):
     """mailmfa-web from this source tree, as a process on a free port."""
-    port = free_port()
-    log_path = workdir / "web.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mailmfa.web.cli", "--listen", f"127.0.0.1:{port}", "--config", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
-
-    def up() -> bool:
-        assert proc.poll() is None, log_path.read_text()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-
-    try:
-        poll_until(up, 15, "mailmfa-web", on_timeout=log_path.read_text)
-        yield type("Web", (), {"url": f"http://127.0.0.1:{port}", "log": log_path, "proc": proc})
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    text = log_path.read_text(errors="replace")
+    with WebApp(config, workdir) as app:
+        yield app
+    text = app.log_text()
     for secret in _SECRETS:
         assert secret not in text, "a password or key reached the log"
 
@@ -131,14 +101,6 @@ def dovecot(dovecot_factory, config, workdir):
 
 
 # --------------------------------------------------------------------------- helpers
-
-def shot(page, name: str, max_width: int = VIEWPORT["width"]) -> None:
-    """Save the screen, and check it fits a 360 px phone without sideways scrolling."""
-    SCREENS.mkdir(parents=True, exist_ok=True)
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= max_width, f"{name}: page is {width} px wide"
-    page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
-
 
 def heading(page) -> str:
     return page.locator("h1").inner_text().strip()

@@ -13,44 +13,21 @@ import http.client
 import os
 import re
 import shutil
-import socket
 import ssl
 import subprocess
-import sys
 
 import pytest
+from web_harness import CHROMIUM, WebApp, stop, wait_port
 
 from mfa import write_config
 from servers import REPO_ROOT, free_port, poll_until
 
 SNIPPET = REPO_ROOT / "conf" / "nginx" / "mailmfa-web.conf"
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/bin")
-CHROMIUM = "/usr/bin/chromium"
 
 if not NGINX or not shutil.which("openssl") or not os.path.exists(CHROMIUM):
     pytest.skip("needs nginx (nginx-light), openssl and chromium", allow_module_level=True)
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (make venv)")
-
-
-def _wait_port(port: int, proc: subprocess.Popen, log) -> None:
-    def up() -> bool:
-        assert proc.poll() is None, log.read_text(errors="replace")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-
-    poll_until(up, 15, f"port {port}", on_timeout=lambda: log.read_text(errors="replace"))
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -64,17 +41,11 @@ state_dir = "{state}"
 secure_cookies = true
 proxy_hops = 1
 """)
-    app_port, https_port, http_port = free_port(), free_port(), free_port()
-    app_log = work / "web.log"
-    with open(app_log, "wb") as log:
-        app = subprocess.Popen(
-            [sys.executable, "-m", "mailmfa.web.cli", "--listen", f"127.0.0.1:{app_port}", "--config", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-            start_new_session=True,
-        )
+    https_port, http_port = free_port(), free_port()
+    web = WebApp(config, work).__enter__()
+    app_port, app_log = web.port, web.log
     nginx = None
     try:
-        _wait_port(app_port, app, app_log)
         subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-subj", "/CN=account.example.org", "-days", "1", "-keyout", str(work / "key.pem"),
@@ -116,13 +87,13 @@ http {{
         with open(nginx_log, "wb") as log:
             nginx = subprocess.Popen([NGINX, "-c", str(work / "nginx.conf"), "-p", str(work)],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_port(https_port, nginx, nginx_log)
+        wait_port(https_port, nginx, nginx_log, "nginx")
         yield type("Stack", (), {"https": f"https://account.example.org:{https_port}", "https_port": https_port,
                                  "http_port": http_port, "app_log": app_log})
     finally:
         if nginx is not None:
-            _stop(nginx)
-        _stop(app)
+            stop(nginx)
+        web.__exit__()
 
 
 def test_sign_in_over_https_with_host_prefixed_secure_cookie(stack, slapd):
