@@ -13,6 +13,8 @@ deps:
 venv: deps
 	@test -x "$(VENV)/bin/python" || $(PY) -m venv --system-site-packages "$(VENV)"
 	@"$(VENV)/bin/python" -m pip install -q --no-build-isolation --no-deps --disable-pip-version-check . >/dev/null
+	@# the web page's browser tests drive Debian's /usr/bin/chromium; the browser is never downloaded
+	@"$(VENV)/bin/python" -c "import playwright" 2>/dev/null || "$(VENV)/bin/python" -m pip install -q --disable-pip-version-check playwright
 	@chmod -R a+rX "$(VENV)"
 
 test: venv

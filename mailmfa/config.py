@@ -76,11 +76,24 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """mailmfa-web, the self-service page (see README, "mailmfa-web")."""
+
+    state_dir: str = "/var/lib/mailmfa-web"
+    secure_cookies: bool = True
+    session_timeout: int = 900
+    reauth_timeout: int = 300
+    site_name: str = ""
+    proxy_hops: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     ldap: LdapConfig
     totp: TotpConfig
     policy: PolicyConfig
+    web: WebConfig = field(default_factory=WebConfig)
 
     def read_bind_password(self) -> str:
         """The service account's password; read on use so it is never part of repr()."""
@@ -158,6 +171,14 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "reuse_seconds": (int, _range(0, 3600)),
         "state_file": (str, _absolute),
     },
+    "web": {
+        "state_dir": (str, _nonempty),
+        "secure_cookies": (bool, None),
+        "session_timeout": (int, _range(60, 86400)),
+        "reauth_timeout": (int, _range(30, 3600)),
+        "site_name": (str, None),
+        "proxy_hops": (int, _range(0, 5)),
+    },
 }
 _REQUIRED = {("ldap", "user_base")}
 
@@ -228,6 +249,7 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         ldap=LdapConfig(**ldap),
         totp=TotpConfig(**sections.get("totp", {})),
         policy=PolicyConfig(**sections.get("policy", {})),
+        web=WebConfig(**sections.get("web", {})),
     )
 
 
