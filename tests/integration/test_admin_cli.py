@@ -303,7 +303,7 @@ def test_status(slapd, config):
         "last_step_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(59_000_000 * 30)),
         "last_login": None, "failure_count": 2,
         "last_failure": "2026-11-29T10:15:00Z", "drift_steps": -7, "drift_seconds": -210,
-        "problem": None,
+        "problem": None, "throttle_wait_seconds": 0.0, "locked_out": False,
     }
     text = mailmfa(config, "status", uid).stdout
     assert "enrolled since:    2026-11-01 08:00:00 UTC" in text
