@@ -6,9 +6,10 @@ modes. Why these choices:
 
 - WAL journal: logins read while another login writes; `timeout` bounds the wait for
   the single write lock, after which the login is a temporary failure, never a guess.
-- The replay guard is one conditional UPDATE (`... AND (last_step IS NULL OR
-  last_step < ?)`): SQLite runs it atomically under its write lock, so of N concurrent
-  logins with the same code exactly one changes the row; the rest see rowcount 0.
+- The replay guard is one conditional UPDATE (`... WHERE last_step IS <value read>
+  AND (last_step IS NULL OR last_step < <new step>)`): SQLite runs it atomically under
+  its write lock, so of N concurrent logins with the same code exactly one changes the
+  row; the rest see rowcount 0 -- the same compare-and-swap as the LDAP modify.
 - The file holds TOTP secrets: it is created 0600 (its directory 0750) and a file that
   others can read or write is refused rather than used.
 - `PRAGMA user_version` carries the schema version; migrations run once, in a write
@@ -127,7 +128,10 @@ class SqliteStore:
             self._prepare_file()
             # mode=rw: SQLite itself never creates the file (with its default 0644 mode)
             uri = "file:" + "".join(_URI_ESCAPES.get(c, c) for c in self.path) + "?mode=rw"
-            conn = sqlite3.connect(uri, timeout=self.timeout, isolation_level=None, uri=True)
+            # check_same_thread off: a daemon may hand an instance to a worker thread (one
+            # instance is still never used by two logins at once)
+            conn = sqlite3.connect(uri, timeout=self.timeout, isolation_level=None, uri=True,
+                                   check_same_thread=False)
         except OSError as exc:
             raise BackendUnavailable(UNAVAILABLE, f"{self.path}: {exc.strerror}") from None
         except sqlite3.Error as exc:
@@ -188,12 +192,15 @@ class SqliteStore:
         return UserRecord(user, user, info.token())
 
     def record_success(self, record: UserRecord, step: int, now: float) -> bool:
-        """Advance the last step to `step` only if it is still earlier: False when another
-        login (or an earlier one with a later code) got there first."""
+        """Compare-and-swap, as the LDAP adapter's delete-old/add-new modify: move the
+        last step from the value this login read (record.token.last_step) to `step`.
+        False when the row changed since (another login won) or `step` is not later."""
+        token = record.token
+        assert token is not None
         cur = self._run(
             "UPDATE tokens SET last_step = ?, last_login = ? "
-            "WHERE user = ? AND (last_step IS NULL OR last_step < ?)",
-            (step, int(now), record.name, step),
+            "WHERE user = ? AND last_step IS ? AND (last_step IS NULL OR last_step < ?)",
+            (step, int(now), record.name, token.last_step, step),
         )
         return cur.rowcount == 1
 
