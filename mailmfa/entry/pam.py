@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - fail closed whatever happened
         try:
             sys.stderr.write(f"mailmfa result=tempfail reason=internal_error error={type(exc).__name__}\n")
-        except Exception:  # noqa: BLE001
-            pass
+        except (OSError, ValueError):
+            pass  # no log is better than a different exit code
         code = EXIT_TEMPFAIL
     sys.exit(code)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if os.path.isfile(os.path.join(_ROOT, "mailmfa", "entry", "common.py")) and _ROOT not in sys.path:
@@ -37,7 +38,7 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
-def _authtok(pamh) -> str | None:  # noqa: ANN001 - pam_python's handle type has no stub
+def _authtok(pamh: Any) -> str | None:
     """The token PAM already holds, else asked through the application's conversation."""
     tok = pamh.authtok
     if tok is None:
@@ -48,7 +49,7 @@ def _authtok(pamh) -> str | None:  # noqa: ANN001 - pam_python's handle type has
     return tok
 
 
-def pam_sm_authenticate(pamh, flags: int, argv: list[str]) -> int:  # noqa: ANN001
+def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
     """The login check; see the module docstring for the result mapping."""
     try:
         from mailmfa.core.types import Request, Verdict
@@ -77,16 +78,16 @@ def pam_sm_authenticate(pamh, flags: int, argv: list[str]) -> int:  # noqa: ANN0
     except BaseException as exc:  # noqa: BLE001 - fail closed whatever happened
         try:
             sys.stderr.write(f"mailmfa result=tempfail reason=internal_error error={type(exc).__name__}\n")
-        except Exception:  # noqa: BLE001
-            pass
+        except (OSError, ValueError):
+            pass  # no log is better than a different result
         return pamh.PAM_AUTHINFO_UNAVAIL
 
 
-def pam_sm_setcred(pamh, flags: int, argv: list[str]) -> int:  # noqa: ANN001
+def pam_sm_setcred(pamh: Any, flags: int, argv: list[str]) -> int:
     """No credentials to set: Dovecot and pamtester call it after a success."""
     return pamh.PAM_SUCCESS
 
 
-def pam_sm_acct_mgmt(pamh, flags: int, argv: list[str]) -> int:  # noqa: ANN001
+def pam_sm_acct_mgmt(pamh: Any, flags: int, argv: list[str]) -> int:
     """The auth stack decided; listed under account too, the module lets it stand."""
     return pamh.PAM_SUCCESS

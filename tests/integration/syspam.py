@@ -101,10 +101,11 @@ def remove_system_user(name: str) -> None:
 
 @atexit.register
 def _cleanup() -> None:
-    for path in list(_made_services):
+    while _made_services:
         with contextlib.suppress(OSError):
-            path.unlink()
-    for name in list(_made_users):
+            _made_services.pop().unlink()
+    while _made_users:
+        name = _made_users.pop()
         with contextlib.suppress(Exception):
             remove_system_user(name)
 

@@ -116,7 +116,7 @@ def test_system_user_without_token_and_unknown_user(host, dovecot):
 
 
 def test_password_alone_refused_for_token_user(host, dovecot):
-    name, secret = host.add_user("tok-pw")
+    name, _secret = host.add_user("tok-pw")
     res = dovecot.imap_login(name, "tok-pw", source_ip="127.0.0.8")
     assert not res.ok and not res.tempfail
     assert host.token(name).last_step is None

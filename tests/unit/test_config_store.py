@@ -49,9 +49,8 @@ def test_bad_store_password_config(data, needle):
 
 
 def test_shipped_example_config_parses():
-    from pathlib import Path
-
     import tomllib
+    from pathlib import Path
 
     path = Path(__file__).resolve().parents[2] / "conf" / "mailmfa.toml"
     cfg = cfgmod.parse(tomllib.loads(path.read_text()), str(path))
