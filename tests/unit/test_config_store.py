@@ -55,3 +55,13 @@ def test_shipped_example_config_parses():
     path = Path(__file__).resolve().parents[2] / "conf" / "mailmfa.toml"
     cfg = cfgmod.parse(tomllib.loads(path.read_text()), str(path))
     assert cfg.store.backend == "ldap"
+
+
+def test_shipped_single_host_config_parses():
+    import tomllib
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "conf" / "mailmfa-single-host.toml"
+    cfg = cfgmod.parse(tomllib.loads(path.read_text()), str(path))
+    assert (cfg.store.backend, cfg.password.backend) == ("sqlite", "pam")
+    assert cfg.store.path == "/var/lib/mailmfa/mailmfa.db"
