@@ -31,10 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT))
 
-import syspam
-from mfa import write_config
-from pamface import exec_service_text, pam_bin, passdb_pam, python_service_text
-from servers import Dovecot, Slapd, make_workdir, remove_workdir
+import syspam  # noqa: E402
+from pamface import exec_service_text, pam_bin, passdb_pam, python_service_text  # noqa: E402
+
+from mfa import write_config  # noqa: E402
+from servers import Dovecot, Slapd, make_workdir, remove_workdir  # noqa: E402
 
 
 def _summary(times: list[float]) -> dict[str, float]:

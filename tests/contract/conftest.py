@@ -19,11 +19,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
-from mfa import write_config
-from servers import Slapd, free_port, make_workdir, remove_workdir
-
-from mailmfa.core.types import TotpParams
-from mailmfa.entry.common import build_directory, load_config
+from mailmfa.core.types import TotpParams  # noqa: E402
+from mailmfa.entry.common import build_directory, load_config  # noqa: E402
+from mfa import write_config  # noqa: E402
+from servers import Slapd, free_port, make_workdir, remove_workdir  # noqa: E402
 
 _n = iter(range(1, 1_000_000))
 

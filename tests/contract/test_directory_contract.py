@@ -92,10 +92,9 @@ def test_record_success_is_a_compare_and_swap(side):
 
 
 def test_authenticate_accepts_once_then_refuses_the_replay(side):
-    from servers import wait_for_step_safe
-
     from mailmfa.config import parse
     from mailmfa.service import authenticate
+    from servers import wait_for_step_safe
 
     secret = secrets.token_bytes(20)
     user = side.add_user("pw-replay", secret)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import syspam
+
 from servers import REPO_ROOT, Dovecot
 
 PAM_CONF = REPO_ROOT / "conf" / "pam.d"

@@ -11,12 +11,12 @@ import time
 
 import pytest
 import syspam
-from mfa import code_at, new_secret, run_checkpassword, write_config
 from pamface import pam_bin
-from servers import wait_for_step_safe
 
 from mailmfa.backends.sqlite import SqliteStore
 from mailmfa.core.types import TotpParams
+from mfa import code_at, new_secret, run_checkpassword, write_config
+from servers import wait_for_step_safe
 
 
 @pytest.fixture(scope="module")

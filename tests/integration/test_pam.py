@@ -9,8 +9,9 @@ import time
 
 import pytest
 import syspam
-from mfa import code_at, new_secret, write_config
 from pamface import exec_service_text, pam_bin, passdb_pam, python_service_text
+
+from mfa import code_at, new_secret, write_config
 from servers import free_port, wait_for_step_safe
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="writes /etc/pam.d (root only)")

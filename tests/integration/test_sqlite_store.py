@@ -107,7 +107,8 @@ def test_admin_operations(db):
     # re-enrolment: new secret, fresh state
     assert s.write_token("bob", b"y" * 20, TotpParams(), 3000.0) is True
     info = s.get("bob")
-    assert (info.secret, info.last_step, info.drift, info.failure_count, info.secret_time) == (b"y" * 20, None, 0, 0, 3000)
+    state = (info.secret, info.last_step, info.drift, info.failure_count, info.secret_time)
+    assert state == (b"y" * 20, None, 0, 0, 3000)
     s.write_token("alice", SECRET, TotpParams(), 1.0)
     assert [i.user for i in s.list_tokens()] == ["alice", "bob"]
     assert s.remove_token("bob") is True and s.remove_token("bob") is False
@@ -142,7 +143,7 @@ def test_cas_under_concurrent_writers(db):
         barrier.wait()
         results.append(st.record_success(rec, 1234, time.time()))
 
-    threads = [threading.Thread(target=race, args=(st, rec)) for st, rec in zip(stores, records)]
+    threads = [threading.Thread(target=race, args=(st, rec)) for st, rec in zip(stores, records, strict=True)]
     for t in threads:
         t.start()
     for t in threads:
