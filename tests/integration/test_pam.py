@@ -5,6 +5,7 @@ mailmfa-pam, and in-process through pam_python."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import pytest
@@ -14,7 +15,11 @@ from pamface import exec_service_text, pam_bin, passdb_pam, python_service_text
 from mfa import code_at, new_secret, write_config
 from servers import free_port, wait_for_step_safe
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="writes /etc/pam.d (root only)")
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="writes /etc/pam.d (root only)"),
+    pytest.mark.skipif(not shutil.which("pamtester", path="/usr/bin:/bin:/usr/sbin:/sbin"),
+                       reason="pamtester is not installed"),
+]
 
 VARIANTS = ["exec", "python"]
 _n = iter(range(1, 10_000))
