@@ -53,7 +53,8 @@ def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
     """The login check; see the module docstring for the result mapping."""
     try:
         from mailmfa.core.types import Request, Verdict
-        from mailmfa.entry.common import LoginLog, check_in_process
+        from mailmfa.entry.common import LoginLog
+        from mailmfa.entry.pam import decide
 
         service = pamh.service or ""
         rip = pamh.rhost or ""
@@ -65,8 +66,7 @@ def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
             logline.finish("fail", "bad_input", 1)
             return pamh.PAM_AUTH_ERR
         extra: dict[str, object] = {}
-        outcome = check_in_process(Request(user, secret, service, rip), _config_path(argv),
-                                   dict(os.environ), extra)
+        outcome = decide(Request(user, secret, service, rip), _config_path(argv), dict(os.environ), extra)
         if outcome.verdict is Verdict.ACCEPT:
             logline.finish("ok", outcome.reason, 0, **extra)
             return pamh.PAM_SUCCESS
