@@ -183,3 +183,32 @@ def test_imap_login_through_passdb_pam(dovecot_pam, slapd, workdir, variant):
     for reason in ("bad_code", "bad_password", "ok", "replay"):
         assert f"reason={reason}" in log
     assert pw not in log and pw not in dc.log_text()
+
+
+def test_pam_python_restarts_the_interpreter_per_login(dovecot_factory, workdir):
+    """The evidence behind README's advice (pam_exec over pam_python): libpam-python
+    finalises Python at pam_end, so Dovecot's long-lived auth worker gets a fresh, empty
+    interpreter for every login -- nothing (imported modules, connections) carries over.
+    If this ever fails, pam_python may have become worth it: re-run bench/pam_bench.py."""
+    if not syspam.PAM_PYTHON:
+        pytest.skip("libpam-python is not installed")
+    probe = workdir / "probe_module.py"
+    probe.write_text(
+        "import os, sys\n"
+        "def pam_sm_authenticate(pamh, flags, argv):\n"
+        "    seen = getattr(sys, '_mailmfa_probe', None)\n"
+        "    sys._mailmfa_probe = os.getpid()\n"
+        "    sys.stderr.write(f'probe pid={os.getpid()} seen={seen}\\n')\n"
+        "    return pamh.PAM_SUCCESS\n"
+        "def pam_sm_setcred(pamh, flags, argv):\n"
+        "    return pamh.PAM_SUCCESS\n")
+    text = f"auth required {syspam.PAM_PYTHON} {probe}\naccount required pam_permit.so\n"
+    with syspam.pam_service(text) as service:
+        dc = dovecot_factory(passdb_pam(service), workdir=workdir / "dovecot-probe")
+        for ip in ("127.0.0.20", "127.0.0.21", "127.0.0.22"):
+            assert dc.imap_login("anyone", "anything", source_ip=ip).ok
+    lines = [line.split("probe ", 1)[1] for line in dc.log_text().splitlines() if "probe pid=" in line]
+    assert len(lines) == 3, dc.log_text()[-2000:]
+    pids = {line.split()[0] for line in lines}
+    assert len(pids) == 1, "expected one auth worker serving all three logins"
+    assert all(line.endswith("seen=None") for line in lines), lines
