@@ -17,6 +17,10 @@ import os
 from mailmfa.backends.ports import BackendUnavailable
 
 PAM_DIRS = ("/etc/pam.d", "/usr/lib/pam.d")
+# Put into the PAM environment of the password check. pam_exec passes the PAM environment
+# to its program, so a mailmfa-pam started by that check (pam_service pointing at the
+# service that runs mailmfa-pam) sees it and stops instead of recursing without end.
+NESTED_ENV = "MAILMFA_NESTED"
 
 # PAM results meaning "these credentials are not good"; anything else (module missing,
 # system error, authinfo unavailable, conversation error...) cannot answer now.
@@ -50,7 +54,8 @@ class PamPassword:
         refused = {getattr(pam, name) for name in _REFUSED_NAMES if hasattr(pam, name)}
         try:
             auth = pam.pam()
-            ok = auth.authenticate(user, password, service=self.service, resetcreds=False)
+            ok = auth.authenticate(user, password, service=self.service, resetcreds=False,
+                                   env={NESTED_ENV: "1"})
         except (OSError, ValueError, UnicodeError) as exc:
             raise BackendUnavailable("pam_unavailable", type(exc).__name__) from None
         if ok:

@@ -131,6 +131,10 @@ def run(argv: list[str], env: dict[str, str], stdin_fd: int = 0) -> int:
     logline.fields["user"] = user[:256] or None
     if pam_type != "auth":
         return logline.finish("fail", "unsupported_pam_type", EXIT_FAIL, pam_type=pam_type[:32])
+    if env.get("MAILMFA_NESTED"):
+        # started by mailmfa's own password check: [password] pam_service names a
+        # service that runs mailmfa-pam. Stop here rather than recurse.
+        return logline.finish("tempfail", "pam_recursion", EXIT_TEMPFAIL)
 
     raw = read_authtok(stdin_fd)
     if raw is None or b"\0" in raw or not user:

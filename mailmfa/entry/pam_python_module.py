@@ -61,6 +61,11 @@ def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
         logline = LoginLog(rip, service)
         user = pamh.get_user(None) or ""
         logline.fields["user"] = user[:256] or None
+        # see mailmfa.backends.pampw.NESTED_ENV; `in`, because pamh.env.get() crashes
+        # libpam-python 1.1.0 (segfault, Debian 12)
+        if "MAILMFA_NESTED" in pamh.env:
+            logline.finish("tempfail", "pam_recursion", 111)
+            return pamh.PAM_AUTHINFO_UNAVAIL
         secret = _authtok(pamh)
         if not user or secret is None or len(secret.encode("utf-8", "replace")) > MAX_AUTHTOK or "\0" in secret:
             logline.finish("fail", "bad_input", 1)

@@ -172,3 +172,26 @@ def test_twenty_parallel_logins_same_code_exactly_one_accepted(host):
     assert codes.count(1) == 19, results
     assert sum("reason=replay" in err for _, err in results) == 19
     assert host.token(name).last_step == int(time.time() // 30)
+
+
+def test_password_service_pointing_back_at_mailmfa_does_not_recurse(host):
+    """[password] pam_service = the service that runs mailmfa-pam: the nested mailmfa-pam
+    sees MAILMFA_NESTED in its PAM environment and stops; the login is a bounded failure."""
+    cfg = host.workdir / "recursive.toml"
+    log = host.workdir / "recursive.log"
+    name = syspam.unique_name("mmr")
+    # the service name is known before the file exists: the config points at itself
+    cfg.write_text(f'[store]\npath = "{host.db}"\n[password]\npam_service = "{name}"\n')
+    os.chmod(cfg, 0o644)
+    path = syspam.PAM_DIR / name
+    path.write_text(exec_service_text(cfg, log, pam_bin()))
+    try:
+        started = time.monotonic()
+        proc = syspam.pamtester(name, "someone", "pw123456", timeout=30)
+        assert proc.returncode != 0
+        assert time.monotonic() - started < 20
+    finally:
+        path.unlink()
+    text = log.read_text()
+    assert "reason=pam_recursion" in text
+    assert "result=tempfail" in text and "reason=pam_unavailable" in text
