@@ -32,11 +32,11 @@ def test_sqlite_tokens_with_ldap_passwords(workdir, slapd):
     store = SqliteStore(str(db))
     store.write_token("mix1", secret, TotpParams(), time.time())
     store.close()
-    wait_for_step_safe()
-    code = code_at(secret)
+    now = wait_for_step_safe()
+    code = code_at(secret, now)
     proc = run_checkpassword(cfg, "mix1", "mix1-pw" + code)
     assert proc.returncode == 0, proc.stderr
-    assert SqliteStore(str(db)).get("mix1").last_step == int(time.time() // 30)
+    assert SqliteStore(str(db)).get("mix1").last_step == int(now // 30)
     assert not slapd.token_state("mix1").first("oathTOTPLastTimeStep")
     replay = run_checkpassword(cfg, "mix1", "mix1-pw" + code)
     assert replay.returncode == 1 and "reason=replay" in replay.stderr
@@ -59,8 +59,8 @@ def test_ldap_tokens_with_pam_passwords(workdir, slapd):
             slapd.add_user(user, "a-different-ldap-pw", secret)
             cfg = write_config(workdir, slapd, "ldap-pam.toml",
                                tail=f'[password]\nbackend = "pam"\npam_service = "{pw_service}"\n')
-            wait_for_step_safe()
-            code = code_at(secret)
+            now = wait_for_step_safe()
+            code = code_at(secret, now)
 
             def login(secret_text: str) -> subprocess.CompletedProcess[str]:
                 return subprocess.run([exe, "--config", str(cfg)], input=secret_text, capture_output=True,
@@ -70,7 +70,7 @@ def test_ldap_tokens_with_pam_passwords(workdir, slapd):
             assert login("a-different-ldap-pw" + code).returncode == 1  # the LDAP password is not used
             ok = login("Sys-Mixed-pw" + code)
             assert ok.returncode == 0, ok.stderr
-            assert int(slapd.token_state(user).first("oathTOTPLastTimeStep")) == int(time.time() // 30)
+            assert int(slapd.token_state(user).first("oathTOTPLastTimeStep")) == int(now // 30)
             again = login("Sys-Mixed-pw" + code)
             assert again.returncode == 1 and "reason=replay" in again.stderr
         finally:

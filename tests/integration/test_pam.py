@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import pytest
 import syspam
@@ -80,14 +79,14 @@ def _user(slapd, token=True):
 def test_pamtester_accepts_once_then_refuses_replay(slapd, services, workdir, variant):
     service = _service(services, variant)
     uid, pw, secret = _user(slapd)
-    wait_for_step_safe()
-    ok = syspam.pamtester(service, uid, pw + code_at(secret), "authenticate", "acct_mgmt")
+    now = wait_for_step_safe()
+    ok = syspam.pamtester(service, uid, pw + code_at(secret, now), "authenticate", "acct_mgmt")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "successfully authenticated" in ok.stdout + ok.stderr
     assert f"mailmfa result=ok user={uid} rip=192.0.2.7 service={service} reason=ok" in _log(workdir, ok, variant)
-    assert int(slapd.token_state(uid).first("oathTOTPLastTimeStep")) == int(time.time() // 30)
+    assert int(slapd.token_state(uid).first("oathTOTPLastTimeStep")) == int(now // 30)
 
-    again = syspam.pamtester(service, uid, pw + code_at(secret))
+    again = syspam.pamtester(service, uid, pw + code_at(secret, now))
     assert again.returncode != 0
     assert f"user={uid}" in _log(workdir, again, variant) and "reason=replay" in _log(workdir, again, variant)
 

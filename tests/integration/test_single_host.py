@@ -85,15 +85,15 @@ def dovecot(host, dovecot_factory):
 
 def test_imap_login_system_user_token_in_sqlite(host, dovecot):
     name, secret = host.add_user("Sys-pw 1")
-    wait_for_step_safe(margin=4)
-    code = code_at(secret)
+    now = wait_for_step_safe(margin=4)
+    code = code_at(secret, now)
     res = dovecot.imap_login(name, "Sys-pw 1" + code, source_ip="127.0.0.2")
     assert res.ok and res.selected, res.text + dovecot.log_text()[-2000:]
     info = host.token(name)
-    assert info.last_step == int(time.time() // 30) and info.last_login
+    assert info.last_step == int(now // 30) and info.last_login
     # the same code again (another client): replay; the wrong system password: refused
     assert not dovecot.imap_login(name, "Sys-pw 1" + code, source_ip="127.0.0.3").ok
-    assert not dovecot.imap_login(name, "sys-pw 1" + code_at(secret, time.time() + 30),
+    assert not dovecot.imap_login(name, "sys-pw 1" + code_at(secret, now + 30),
                                   source_ip="127.0.0.4").ok
     log = host.log.read_text()
     for reason in ("ok", "replay", "bad_password"):
@@ -139,8 +139,8 @@ def test_twenty_parallel_logins_same_code_exactly_one_accepted(host):
     reach the step update; once all 20 are seen waiting in SQLite's busy handler the lock
     is released and they race the compare-and-swap."""
     name, secret = host.add_user("race-pw")
-    wait_for_step_safe(margin=15)
-    attempt = ("race-pw" + code_at(secret)).encode()
+    now = wait_for_step_safe(margin=8)
+    attempt = ("race-pw" + code_at(secret, now)).encode()
     env = {"PAM_TYPE": "auth", "PAM_USER": name, "PAM_SERVICE": host.service, "PAM_RHOST": "192.0.2.9"}
     holder = sqlite3.connect(host.db, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
@@ -171,7 +171,7 @@ def test_twenty_parallel_logins_same_code_exactly_one_accepted(host):
     assert codes.count(0) == 1, results
     assert codes.count(1) == 19, results
     assert sum("reason=replay" in err for _, err in results) == 19
-    assert host.token(name).last_step == int(time.time() // 30)
+    assert host.token(name).last_step == int(now // 30)
 
 
 def test_password_service_pointing_back_at_mailmfa_does_not_recurse(host):
