@@ -41,6 +41,10 @@ class CombinedDirectory:
         """Throttling state lives with the token (see ports: record_failure)."""
         return self.store.record_failure(record, now)
 
+    def remove_token(self, record: UserRecord) -> None:
+        """Switch 2FA off for `record` (after an administrator's password reset)."""
+        self.store.remove_token(record.name if self.absent_is_tokenless else record)
+
     def close(self) -> None:
         try:
             self.password.close()

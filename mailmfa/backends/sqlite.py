@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from mailmfa.backends.ports import BackendUnavailable
@@ -75,7 +76,13 @@ class TokenInfo:
 
     def token(self) -> Token:
         """The login path's view (the DN of a SQLite token is the user name)."""
+        if _TOKEN_HAS_THROTTLE:  # Token carries the throttle state where the core uses it
+            return Token(self.user, self.secret, self.params, self.last_step, self.drift,
+                         failure_count=self.failure_count, last_failure=self.last_failure)  # type: ignore[call-arg]
         return Token(self.user, self.secret, self.params, self.last_step, self.drift)
+
+
+_TOKEN_HAS_THROTTLE = "failure_count" in Token.__dataclass_fields__
 
 
 def _info(row: tuple) -> TokenInfo:
@@ -97,6 +104,8 @@ class SqliteStore:
         self.timeout = timeout
         self.create = create
         self._conn: sqlite3.Connection | None = None
+        # failure count each lookup() saw, per user: record_success() asserts it is unchanged
+        self._seen_failures: dict[str, int] = {}
 
     # -- opening ----------------------------------------------------------------------
     def _prepare_file(self) -> None:
@@ -189,20 +198,26 @@ class SqliteStore:
         info = self.get(user)
         if info is None:
             return None
+        self._seen_failures[user] = info.failure_count
         return UserRecord(user, user, info.token())
 
     def record_success(self, record: UserRecord, step: int, now: float) -> bool:
         """Compare-and-swap, as the LDAP adapter's delete-old/add-new modify: move the
-        last step from the value this login read (record.token.last_step) to `step`.
-        False when the row changed since (another login won) or `step` is not later."""
+        last step from the value this login read (record.token.last_step) to `step`, and
+        reset the throttle state (failure count 0, no last failure) in the same update.
+        False when the row changed since (another login won, or a failure was counted
+        since lookup: parallel guesses cannot share one throttle decision) or `step` is
+        not later."""
         token = record.token
         assert token is not None
-        cur = self._run(
-            "UPDATE tokens SET last_step = ?, last_login = ? "
-            "WHERE user = ? AND last_step IS ? AND (last_step IS NULL OR last_step < ?)",
-            (step, int(now), record.name, token.last_step, step),
-        )
-        return cur.rowcount == 1
+        seen = self._seen_failures.get(record.name, getattr(token, "failure_count", None))
+        sql = ("UPDATE tokens SET last_step = ?, last_login = ?, failure_count = 0, last_failure = NULL "
+               "WHERE user = ? AND last_step IS ? AND (last_step IS NULL OR last_step < ?)")
+        args: tuple = (step, int(now), record.name, token.last_step, step)
+        if seen is not None:
+            sql += " AND failure_count = ?"
+            args += (seen,)
+        return self._run(sql, args).rowcount == 1
 
     def record_failure(self, record: UserRecord, now: float) -> int:
         """Count a failed attempt (for throttling); returns the new count (0: no token)."""
@@ -230,6 +245,18 @@ class SqliteStore:
         rows = self._run(f"SELECT {_COLUMNS} FROM tokens ORDER BY user").fetchall()
         return [_info(r) for r in rows]
 
+    def list_enrolled(self, page_size: int = 500) -> Iterator[str]:
+        """Every enrolled user's name, a page at a time (keyset pagination: a user added
+        or removed meanwhile never makes the listing skip or repeat another)."""
+        after = ""
+        while True:
+            rows = self._run("SELECT user FROM tokens WHERE user > ? ORDER BY user LIMIT ?",
+                             (after, page_size)).fetchall()
+            yield from (r[0] for r in rows)
+            if len(rows) < page_size:
+                return
+            after = rows[-1][0]
+
     def write_token(self, user: str, secret: bytes, params: TotpParams, now: float, *,
                     last_step: int | None = None, replace: bool = True) -> bool:
         """Enrol (or re-enrol) `user`: a new secret starts with fresh state (no drift, no
@@ -256,9 +283,15 @@ class SqliteStore:
         """Switch 2FA off for `user` (e.g. after a password reset); False if none was stored."""
         return self._run("DELETE FROM tokens WHERE user = ?", (user,)).rowcount == 1
 
-    def set_drift(self, user: str, drift: int) -> bool:
-        """Set the learned clock offset, in steps; False if `user` has no token."""
-        return self._run("UPDATE tokens SET drift = ? WHERE user = ?", (int(drift), user)).rowcount == 1
+    def set_drift(self, user: str, drift: int, last_step: int | None = None) -> bool:
+        """Set the clock offset, in steps, and, if given, mark steps up to `last_step` as
+        used (the codes given for a resync; an already later step is kept). False if
+        `user` has no token."""
+        return self._run(
+            "UPDATE tokens SET drift = ?, last_step = CASE WHEN ? IS NULL THEN last_step "
+            "WHEN last_step IS NULL OR last_step < ? THEN ? ELSE last_step END WHERE user = ?",
+            (int(drift), last_step, last_step, last_step, user),
+        ).rowcount == 1
 
     def reset_failures(self, user: str) -> bool:
         """Clear the failure count (lifts throttling); False if `user` has no token."""

@@ -170,3 +170,36 @@ def test_a_held_write_lock_is_a_bounded_temporary_failure(db):
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_success_resets_throttle_and_loses_to_a_failure_counted_since_lookup(db):
+    s = _store(db)
+    s.write_token("erin", SECRET, TotpParams(), 1.0)
+    rec = s.lookup("erin")
+    s.record_failure(rec, 10.0)
+    other = _store(db)
+    stale = other.lookup("erin")  # saw failure_count 1
+    s.record_failure(rec, 11.0)  # a parallel guess counted after that lookup
+    assert other.record_success(stale, 100, 12.0) is False
+    fresh = other.lookup("erin")
+    assert other.record_success(fresh, 100, 13.0) is True
+    info = s.get("erin")
+    assert (info.last_step, info.failure_count, info.last_failure, info.last_login) == (100, 0, None, 13)
+
+
+def test_set_drift_marks_resync_steps_used(db):
+    s = _store(db)
+    s.write_token("finn", SECRET, TotpParams(), 1.0, last_step=50)
+    assert s.set_drift("finn", 2, last_step=40) and s.get("finn").last_step == 50  # never backwards
+    assert s.set_drift("finn", 3, last_step=60) and (s.get("finn").drift, s.get("finn").last_step) == (3, 60)
+    assert s.set_drift("finn", 0) and s.get("finn").last_step == 60
+
+
+def test_list_enrolled_pages(db):
+    s = _store(db)
+    names = [f"user{i:02d}" for i in range(7)]
+    for n in reversed(names):
+        s.write_token(n, SECRET, TotpParams(), 1.0)
+    assert list(s.list_enrolled(page_size=2)) == names
+    assert list(s.list_enrolled(page_size=7)) == names
+    assert list(_store(str(db) + "-empty").list_enrolled()) == []
