@@ -123,8 +123,8 @@ class SqliteStore:
                 os.close(fd)
             except FileExistsError:
                 pass
-        st = os.stat(self.path)
-        if not stat.S_ISREG(st.st_mode):
+        st = os.lstat(self.path)
+        if not stat.S_ISREG(st.st_mode):  # a symlink too: set `path` to the file itself
             raise BackendUnavailable("store_unsafe", f"{self.path} is not a regular file")
         if st.st_mode & 0o007:
             raise BackendUnavailable(

@@ -59,6 +59,18 @@ def test_file_readable_by_others_is_refused(db):
     assert _store(db).lookup("alice") is not None
 
 
+def test_symlink_is_refused(db, tmp_path):
+    real = tmp_path / "elsewhere.db"
+    s = _store(str(real))
+    s.write_token("alice", SECRET, TotpParams(), 1.0)
+    s.close()
+    os.makedirs(os.path.dirname(db), exist_ok=True)
+    os.symlink(real, db)
+    with pytest.raises(BackendUnavailable) as exc:
+        _store(db).lookup("alice")
+    assert exc.value.reason == "store_unsafe"
+
+
 def test_missing_file_is_not_created_when_create_is_false(db):
     with pytest.raises(BackendUnavailable) as exc:
         _store(db, create=False).lookup("alice")
