@@ -87,6 +87,29 @@ class WebConfig:
     proxy_hops: int = 0
 
 
+STORE_BACKENDS = ("ldap", "sqlite")
+PASSWORD_BACKENDS = ("ldap", "pam")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where tokens and login state live. parse() picks "ldap" when an [ldap] section
+    exists, else "sqlite" (single-host mode)."""
+
+    backend: str = "ldap"
+    path: str = "/var/lib/mailmfa/mailmfa.db"
+    timeout: float = 5.0  # seconds a login waits for another one's write lock
+
+
+@dataclass(frozen=True)
+class PasswordConfig:
+    """How the password part is checked: an LDAP bind as the user, or a PAM service
+    (single-host mode: one with pam_unix for system accounts)."""
+
+    backend: str = "ldap"
+    pam_service: str = "mailmfa-password"
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
@@ -94,6 +117,8 @@ class Config:
     totp: TotpConfig
     policy: PolicyConfig
     web: WebConfig = field(default_factory=WebConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    password: PasswordConfig = field(default_factory=PasswordConfig)
 
     def read_bind_password(self) -> str:
         """The service account's password; read on use so it is never part of repr()."""
@@ -133,6 +158,12 @@ def _nonempty(v: str) -> str | None:
 
 def _absolute(v: str) -> str | None:
     return None if v.startswith("/") else "must be an absolute path"
+
+
+def _pam_service(v: str) -> str | None:
+    if not v or "/" in v or v in (".", "..") or any(c.isspace() for c in v):
+        return "must be a PAM service name (a file name in /etc/pam.d)"
+    return None
 
 
 def _user_filter(v: str) -> str | None:
@@ -179,7 +210,17 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "site_name": (str, None),
         "proxy_hops": (int, _range(0, 5)),
     },
+    "store": {
+        "backend": (str, _one_of(*STORE_BACKENDS)),
+        "path": (str, _absolute),
+        "timeout": (float, _range(0.1, 60)),
+    },
+    "password": {
+        "backend": (str, _one_of(*PASSWORD_BACKENDS)),
+        "pam_service": (str, _pam_service),
+    },
 }
+# required only when an LDAP backend is selected (see parse())
 _REQUIRED = {("ldap", "user_base")}
 
 
@@ -216,7 +257,17 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
                 raise ConfigError(f"{path}: {where}: {value!r} {problem}")
             out[key] = value
         sections[name] = out
+    # Without an [ldap] section the embedded default is single-host mode: tokens in
+    # SQLite, passwords through PAM. [ldap] user_base is required only when used.
+    default_backend = "ldap" in sections
+    store = dict(sections.get("store", {}))
+    store.setdefault("backend", "ldap" if default_backend else "sqlite")
+    password_sec = dict(sections.get("password", {}))
+    password_sec.setdefault("backend", "ldap" if default_backend else "pam")
+    uses_ldap = "ldap" in (store["backend"], password_sec["backend"])
     for sec, key in _REQUIRED:
+        if sec == "ldap" and not uses_ldap:
+            continue
         if key not in sections.get(sec, {}):
             raise ConfigError(f"{path}: [{sec}] {key} is required")
 
@@ -244,12 +295,18 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         ldap["attributes"] = LdapAttributes(**attrs)
     if ldap.get("starttls") and any(u.startswith("ldaps://") for u in ldap.get("uris", ())):
         raise ConfigError(f"{path}: [ldap] starttls: cannot be combined with ldaps:// uris")
+    if ldap.get("otp_overlay") and (store["backend"], password_sec["backend"]) != ("ldap", "ldap"):
+        raise ConfigError(
+            f"{path}: [ldap] otp_overlay: needs [store] backend = \"ldap\" and [password] backend = \"ldap\""
+        )
     return Config(
         path=path,
         ldap=LdapConfig(**ldap),
         totp=TotpConfig(**sections.get("totp", {})),
         policy=PolicyConfig(**sections.get("policy", {})),
         web=WebConfig(**sections.get("web", {})),
+        store=StoreConfig(**store),
+        password=PasswordConfig(**password_sec),
     )
 
 

@@ -125,3 +125,16 @@ class TokenAdmin(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+class PasswordChecker(Protocol):
+    """The password factor alone, when it is checked somewhere other than where the
+    token lives (single-host mode: PAM; or an LDAP bind beside a SQLite token store)."""
+
+    def check(self, user: str, password: str) -> bool:
+        """True when `password` is the user's; False when refused (unknown user too).
+
+        Raises BackendUnavailable when the checker cannot answer now."""
+
+    def close(self) -> None:
+        """Release whatever the checker holds."""

@@ -95,10 +95,6 @@ def _remote_ip(env: dict[str, str]) -> str:
 
 def run(argv: list[str], env: dict[str, str]) -> int:
     """Everything but the top-level catch; returns an exit code or execs."""
-    import time
-
-    from mailmfa import log
-
     if argv and argv[0] in ("-h", "--help"):
         sys.stdout.write(USAGE)
         return 0
@@ -113,37 +109,32 @@ def run(argv: list[str], env: dict[str, str]) -> int:
         return EXIT_USAGE
     config_path, reply = parsed
 
-    started = time.monotonic()
+    from mailmfa.entry.common import LoginLog, build_directory, load_config
+
     service = env.get("SERVICE") or env.get("AUTH_SERVICE") or ""
     rip = _remote_ip(env)
     lookup = env.get("AUTHORIZED") == "1"
-    fields: dict[str, object] = {"result": None, "user": None, "rip": rip or None, "service": service or None}
-
-    def finish(result: str, reason: str, code: int, **extra: object) -> int:
-        fields.update(result=result, reason=reason, **extra)
-        fields["ms"] = round((time.monotonic() - started) * 1000, 1)
-        log.emit(fields)
-        return code
+    logline = LoginLog(rip, service)
+    finish = logline.finish
 
     raw = read_fd3()
     request = parse_request(raw) if raw is not None else None
     if request is None:
         return finish("fail", "bad_input", EXIT_FAIL)
     user, secret = request
-    fields["user"] = user[:256]
+    logline.fields["user"] = user[:256]
 
     from mailmfa import config as cfgmod
 
     try:
-        cfg = cfgmod.load(cfgmod.resolve_path(config_path, env))
+        cfg = load_config(config_path, env)
     except cfgmod.ConfigError as exc:
         return finish("tempfail", "config_error", EXIT_TEMPFAIL, error=str(exc))
 
-    from mailmfa.backends.ldap import LdapDirectory
     from mailmfa.backends.ports import BackendUnavailable
     from mailmfa.core.types import Request, Verdict
 
-    directory = LdapDirectory(cfg)
+    directory = build_directory(cfg)
     try:
         if lookup:
             try:
@@ -155,6 +146,8 @@ def run(argv: list[str], env: dict[str, str]) -> int:
             env_out = dict(env, USER=user, AUTHORIZED="2")
             finish("ok", "userdb_lookup", 0, lookup="userdb")
             return _exec_reply(reply, env_out)
+
+        import time
 
         from mailmfa.service import authenticate
 

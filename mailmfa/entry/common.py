@@ -1,0 +1,100 @@
+"""What every per-login entry point shares: config loading, picking the backends, the
+in-process decision, and the one key=value result line.
+
+Kept free of heavy imports at module level: the entry points pay for every import on
+every login. A resident-daemon client can be tried before check_in_process() and fall
+back to it (see mailmfa.entry.pam.decide).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mailmfa.core.types import Outcome, Request, Verdict
+
+
+def load_config(explicit: str | None, env: dict[str, str]) -> Any:
+    """--config beats $MAILMFA_CONFIG beats the default; raises config.ConfigError."""
+    from mailmfa import config as cfgmod
+
+    return cfgmod.load(cfgmod.resolve_path(explicit, env))
+
+
+def build_directory(cfg: Any) -> Any:
+    """The Directory for `[store] backend` x `[password] backend`.
+
+    ldap+ldap is the LDAP adapter alone (one connection); every other pair is a
+    CombinedDirectory of a token store and a password checker.
+    """
+    store_kind, password_kind = cfg.store.backend, cfg.password.backend
+    if store_kind == "ldap" and password_kind == "ldap":
+        from mailmfa.backends.ldap import LdapDirectory
+
+        return LdapDirectory(cfg)
+    from mailmfa.backends.combined import CombinedDirectory, LdapPassword
+
+    if store_kind == "sqlite":
+        from mailmfa.backends.sqlite import SqliteStore
+
+        store: Any = SqliteStore(cfg.store.path, cfg.store.timeout)
+    else:
+        from mailmfa.backends.ldap import LdapDirectory
+
+        store = LdapDirectory(cfg)
+    if password_kind == "pam":
+        from mailmfa.backends.pampw import PamPassword
+
+        password: Any = PamPassword(cfg.password.pam_service)
+    else:
+        from mailmfa.backends.ldap import LdapDirectory
+
+        password = LdapPassword(LdapDirectory(cfg))
+    return CombinedDirectory(store, password, absent_is_tokenless=store_kind == "sqlite")
+
+
+def check_in_process(req: Request, config_path: str | None, env: dict[str, str],
+                     extra: dict[str, object] | None = None) -> Outcome:
+    """Load the config, build the backends, run authenticate(), release the backends.
+
+    A config problem is a temporary failure (reason=config_error, the message in
+    `extra["error"]`), never a refusal: an admin's typo must not make clients drop
+    their saved passwords, nor let anyone in.
+    """
+    from mailmfa import config as cfgmod
+
+    try:
+        cfg = load_config(config_path, env)
+    except cfgmod.ConfigError as exc:
+        if extra is not None:
+            extra["error"] = str(exc)
+        return Outcome(Verdict.TEMPFAIL, "config_error", req.user)
+
+    from mailmfa.service import authenticate
+
+    directory = build_directory(cfg)
+    try:
+        return authenticate(req, directory, cfg, time.time())
+    finally:
+        directory.close()
+
+
+class LoginLog:
+    """Collects the fields of one login and writes the single result line at the end.
+
+    Never given the password or the code: only user, client, service, result, reason.
+    """
+
+    def __init__(self, rip: str = "", service: str = "") -> None:
+        self.started = time.monotonic()
+        self.fields: dict[str, object] = {"result": None, "user": None, "rip": rip or None,
+                                          "service": service or None}
+
+    def finish(self, result: str, reason: str, code: int, **extra: object) -> int:
+        """Write the line; returns `code` so callers can `return log.finish(...)`."""
+        from mailmfa import log
+
+        self.fields.update(result=result, reason=reason, **extra)
+        self.fields["ms"] = round((time.monotonic() - self.started) * 1000, 1)
+        log.emit(self.fields)
+        return code

@@ -1,0 +1,175 @@
+"""PAM entry point, run by pam_exec (any PAM-using service: Dovecot 2.3/2.4 `passdb pam`,
+saslauthd, ...):
+
+    auth    required  pam_exec.so expose_authtok quiet /usr/bin/mailmfa-pam [--config FILE]
+
+pam_exec gives the password+code on stdin (at most 511 bytes; Linux-PAM < 1.4 appended
+a NUL), the user in PAM_USER, the client address in PAM_RHOST, the PAM service in
+PAM_SERVICE and the stack in PAM_TYPE. Exit 0 is the only success.
+
+PAM_TYPE: only `auth` (or no PAM_TYPE, when run by hand) runs the check. `account`,
+`open_session` and `close_session` exit 0 without reading anything: the decision was
+made in the auth stack, and Dovecot's passdb pam always calls the account stack after
+it. `password` (a password change) and anything unknown exit 1: mailmfa changes no
+passwords, and an unexpected use must not succeed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailmfa.core.types import Outcome, Request
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+EXIT_TEMPFAIL = 111
+MAX_AUTHTOK = 511  # PAM_MAX_RESP_SIZE - 1: what pam_exec can send
+
+NEUTRAL_TYPES = frozenset({"account", "open_session", "close_session"})
+
+USAGE = """\
+usage: mailmfa-pam [--config FILE]
+
+Checks a login (password with the authenticator code appended) for pam_exec:
+
+    auth     required  pam_exec.so expose_authtok quiet /usr/bin/mailmfa-pam
+    account  required  pam_permit.so
+
+Reads the password+code from standard input (at most 511 bytes; one trailing NUL
+is ignored), the user from PAM_USER, the client address from PAM_RHOST and the
+service from PAM_SERVICE. Config: --config FILE, else $MAILMFA_CONFIG, else
+/etc/mailmfa/mailmfa.toml.
+
+PAM_TYPE=auth (or unset) runs the check; account, open_session and close_session
+exit 0 at once (the auth stack decided); password and any other type exit 1.
+
+Exit status: 0 success; 1 authentication failed; 111 temporary failure (backend
+unreachable, config error, internal error; pam_exec reports every non-zero status
+as a failure, the log line tells them apart); 2 usage error.
+"""
+
+
+def read_authtok(fd: int = 0, limit: int = MAX_AUTHTOK) -> bytes | None:
+    """The token from `fd`, without one trailing NUL; None when longer than `limit`."""
+    chunks = []
+    size = 0
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit + 1:  # room for the NUL older pam_exec versions append
+            return None
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    if len(data) > limit:
+        return None
+    return data
+
+
+def _parse_argv(argv: list[str]) -> str | tuple[str | None]:
+    """(config path or None,) or a string naming the usage problem."""
+    config = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                return "--config needs a FILE"
+            config = argv[i + 1]
+            i += 2
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+            i += 1
+        else:
+            return f"unexpected argument {arg}"
+    return (config,)
+
+
+def decide(req: Request, config_path: str | None, env: dict[str, str],
+           extra: dict[str, object]) -> Outcome:
+    """The verdict for `req`, for mailmfa-pam and the pam_python module alike. The one
+    place a resident-daemon client slots in: ask the daemon first and fall back to the
+    in-process check when it is not running."""
+    from mailmfa.entry.common import check_in_process
+
+    return check_in_process(req, config_path, env, extra)
+
+
+def run(argv: list[str], env: dict[str, str], stdin_fd: int = 0) -> int:
+    """Everything but the top-level catch; returns the exit code."""
+    if argv and argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return EXIT_OK
+    if argv and argv[0] == "--version":
+        from mailmfa import __version__
+
+        sys.stdout.write(f"mailmfa-pam {__version__}\n")
+        return EXIT_OK
+    parsed = _parse_argv(argv)
+    if isinstance(parsed, str):
+        sys.stderr.write(f"mailmfa-pam: {parsed}\n")
+        return EXIT_USAGE
+    (config_path,) = parsed
+
+    pam_type = env.get("PAM_TYPE", "auth")
+    if pam_type in NEUTRAL_TYPES:
+        return EXIT_OK
+
+    from mailmfa.entry.common import LoginLog
+
+    service = env.get("PAM_SERVICE", "")
+    rip = env.get("PAM_RHOST", "")
+    logline = LoginLog(rip, service)
+    user = env.get("PAM_USER", "")
+    logline.fields["user"] = user[:256] or None
+    if pam_type != "auth":
+        return logline.finish("fail", "unsupported_pam_type", EXIT_FAIL, pam_type=pam_type[:32])
+    if env.get("MAILMFA_NESTED"):
+        # started by mailmfa's own password check: [password] pam_service names a
+        # service that runs mailmfa-pam. Stop here rather than recurse.
+        return logline.finish("tempfail", "pam_recursion", EXIT_TEMPFAIL)
+
+    raw = read_authtok(stdin_fd)
+    if raw is None or b"\0" in raw or not user:
+        return logline.finish("fail", "bad_input", EXIT_FAIL)
+    try:
+        secret = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return logline.finish("fail", "bad_input", EXIT_FAIL)
+
+    from mailmfa.core.types import Request, Verdict
+
+    extra: dict[str, object] = {}
+    outcome = decide(Request(user, secret, service, rip), config_path, env, extra)
+    verdict, reason = outcome.verdict, outcome.reason
+    if verdict is Verdict.ACCEPT:
+        return logline.finish("ok", reason, EXIT_OK, **extra)
+    if verdict is Verdict.TEMPFAIL:
+        return logline.finish("tempfail", reason, EXIT_TEMPFAIL, **extra)
+    return logline.finish("fail", reason, EXIT_FAIL, **extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry. Catches everything, SystemExit included: for pam_exec exit 0
+    means "let them in", so only run()'s explicit accept may produce it; any exception
+    is a temporary failure (111)."""
+    try:
+        code = run(sys.argv[1:] if argv is None else argv, dict(os.environ))
+    except BaseException as exc:  # noqa: BLE001 - fail closed whatever happened
+        try:
+            sys.stderr.write(f"mailmfa result=tempfail reason=internal_error error={type(exc).__name__}\n")
+        except (OSError, ValueError):
+            pass  # no log is better than a different exit code
+        code = EXIT_TEMPFAIL
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Helpers for the PAM face tests: the mailmfa-pam executable, the shipped PAM service
+files installed under unique names, and Dovecot's `passdb pam` in 2.3 or 2.4 syntax."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import syspam
+
+from servers import REPO_ROOT, Dovecot
+
+PAM_CONF = REPO_ROOT / "conf" / "pam.d"
+PYTHON_MODULE = REPO_ROOT / "mailmfa" / "entry" / "pam_python_module.py"
+
+
+def pam_bin() -> str | None:
+    """The test venv's console script (`make venv` installs it)."""
+    script = Path(sys.prefix) / "bin" / "mailmfa-pam"
+    return str(script) if script.exists() else None
+
+
+def exec_service_text(config: Path, log: Path, exe: str) -> str:
+    """conf/pam.d/mailmfa as shipped, pointed at this checkout's program, config and log."""
+    text = (PAM_CONF / "mailmfa").read_text()
+    text = text.replace("/usr/bin/mailmfa-pam", exe)
+    text = text.replace("/etc/mailmfa/mailmfa.toml", str(config))
+    text = text.replace("log=/var/log/mailmfa/pam.log", f"log={log}")
+    assert exe in text and str(config) in text, "conf/pam.d/mailmfa changed shape"
+    return text
+
+
+def python_service_text(config: Path) -> str:
+    """conf/pam.d/mailmfa-pam-python as shipped, pointed at this checkout's module."""
+    text = (PAM_CONF / "mailmfa-pam-python").read_text()
+    text = re.sub(r"/\S*/pam_python_module\.py", str(PYTHON_MODULE), text)
+    if syspam.PAM_PYTHON:
+        text = text.replace("/lib/security/pam_python.so", syspam.PAM_PYTHON)
+    text = text.replace("/etc/mailmfa/mailmfa.toml", str(config))
+    assert str(PYTHON_MODULE) in text and str(config) in text, "conf/pam.d/mailmfa-pam-python changed shape"
+    return text
+
+
+def passdb_pam(service: str) -> str:
+    """The passdb block body for the installed Dovecot (the harness adds the braces).
+
+    2.3: `driver = pam` + `args = SERVICE` (conf/dovecot/auth-mailmfa-pam.conf.ext);
+    2.4: `passdb_pam_service_name` (conf/dovecot/auth-mailmfa-pam-2.4.conf.ext) -- untested
+    on Debian 12, which has 2.3.
+    """
+    if Dovecot.version() >= (2, 4):
+        return f"driver = pam\npassdb_pam_service_name = {service}"
+    return f"driver = pam\nargs = {service}"
