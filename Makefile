@@ -24,7 +24,7 @@ unit: venv
 	"$(VENV)/bin/python" -m pytest -q tests/unit
 
 demo: venv
-	"$(VENV)/bin/python" demo/run.py $(if $(SERVE),--serve,)
+	"$(VENV)/bin/python" demo/run.py $(if $(SERVE),--serve,) $(if $(PAM),--pam,)
 
 lint:
 	$(RUFF) check mailmfa tests checkpassword bench demo

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
+import pwd
 import secrets
 import sys
 import time
@@ -20,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from mailmfa.core.totp import hotp, time_step  # noqa: E402
+from pamface import exec_service_text, passdb_pam  # noqa: E402
 from servers import Dovecot, Slapd, make_workdir, remove_workdir, wait_for_step_safe  # noqa: E402
 
 USER, PASSWORD, ISSUER = "demo", "demo-password", "mailmfa demo"
@@ -34,10 +37,24 @@ def checkpassword_bin() -> str:
     return str(exe if exe.exists() else ROOT / "checkpassword" / "mailmfa-checkpassword")
 
 
+def pam_passdb(workdir: Path, config: Path) -> tuple[str, Path, str]:
+    """Dovecot 2.4 has no checkpassword: passdb pam -> pam_exec -> mailmfa-pam, with a
+    uniquely named PAM service (removed at the end). Returns (passdb, pam file, label)."""
+    exe = Path(sys.prefix) / "bin" / "mailmfa-pam"
+    name = workdir.name
+    pam_file = Path("/etc/pam.d") / name
+    pam_file.write_text(exec_service_text(config, workdir / "pam.log", str(exe)))
+    return passdb_pam(name), pam_file, "passdb pam -> pam_exec -> mailmfa-pam"
+
+
 def write_config(workdir: Path, slapd: Slapd) -> Path:
     secret_file = workdir / "ldap.secret"
     secret_file.write_text(slapd.service_password + "\n")
     secret_file.chmod(0o644)  # read by Dovecot's auth process (the dovecot user)
+    state_dir = workdir / "state"  # written by the login check, which runs as the dovecot user
+    state_dir.mkdir(mode=0o700)
+    pw = pwd.getpwnam("dovecot")
+    os.chown(state_dir, pw.pw_uid, pw.pw_gid)
     path = workdir / "mailmfa.toml"
     path.write_text(f"""[ldap]
 uris = ["{slapd.uri}"]
@@ -49,6 +66,8 @@ timeout = 3
 issuer = "{ISSUER}"
 [policy]
 require_mfa = true
+reuse_seconds = 60
+state_file = "{state_dir / 'state.db'}"
 """)
     path.chmod(0o644)
     return path
@@ -58,21 +77,20 @@ def show_login(dovecot: Dovecot, what: str, password: str, ip: str) -> bool:
     res = dovecot.imap_login(USER, password, source_ip=ip)
     verdict = "accepted" if res.ok else "refused"
     extra = " (SELECT INBOX ok)" if res.selected else ""
-    say(f"  {what:<38} -> {verdict}{extra}: {res.text.strip()[:70]}")
+    say(f"  {what:<41} -> {verdict}{extra}: {res.text.strip()[:70]}")
     return res.ok
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serve", action="store_true", help="keep slapd and Dovecot running until Ctrl-C")
+    ap.add_argument("--pam", action="store_true",
+                    help="use passdb pam (the Dovecot 2.4 path) even where checkpassword exists")
     args = ap.parse_args()
-    if not Dovecot.has_checkpassword():
-        say(f"Dovecot {'.'.join(map(str, Dovecot.version()))} has no checkpassword driver (removed in 2.4).")
-        say("The demo needs Dovecot 2.3 (Debian 12); see README for the PAM path on 2.4.")
-        return 1
+    use_pam = args.pam or not Dovecot.has_checkpassword()
 
     workdir = make_workdir("mailmfa-demo-")
-    slapd = dovecot = None
+    slapd = dovecot = pam_file = None
     try:
         say("== Starting a private slapd on loopback")
         slapd = Slapd(workdir / "slapd").start()
@@ -81,9 +99,14 @@ def main() -> int:
         slapd.add_user(USER, PASSWORD, secret, cn="Demo User", mail="demo@example.org")
         config = write_config(workdir, slapd)
 
-        say("== Starting a private Dovecot with passdb checkpassword -> mailmfa-checkpassword")
-        dovecot = Dovecot(workdir / "dovecot",
-                          f"driver = checkpassword\nargs = {checkpassword_bin()} --config {config}").start()
+        if use_pam:
+            passdb, pam_file, label = pam_passdb(workdir, config)
+        else:
+            passdb = f"driver = checkpassword\nargs = {checkpassword_bin()} --config {config}"
+            label = "passdb checkpassword -> mailmfa-checkpassword"
+        version = ".".join(map(str, Dovecot.version()))
+        say(f"== Starting a private Dovecot {version} with {label}")
+        dovecot = Dovecot(workdir / "dovecot", passdb).start()
         say(f"   IMAP on 127.0.0.1:{dovecot.imap_port}, POP3 on 127.0.0.1:{dovecot.pop3_port}")
 
         key = base64.b32encode(secret).decode().rstrip("=")
@@ -109,12 +132,17 @@ def main() -> int:
         bad = show_login(dovecot, "password + wrong code", PASSWORD + wrong, "127.0.0.3")
         replay = show_login(dovecot, "password + same code again (replay)", PASSWORD + code, "127.0.0.4")
         pw_only = show_login(dovecot, "password alone", PASSWORD, "127.0.0.5")
-        say("\n== What Dovecot logged (one key=value line per attempt; no password, no code)")
-        for line in dovecot.log_text().splitlines():
+        reused = show_login(dovecot, "same code, first client's 2nd connection", PASSWORD + code, "127.0.0.2")
+        say("\n== What mailmfa logged (one key=value line per attempt; no password, no code)")
+        logged = dovecot.log_text()
+        if use_pam and (workdir / "pam.log").exists():
+            logged = (workdir / "pam.log").read_text()
+        for line in logged.splitlines():
             if "mailmfa result=" in line:
-                say("   " + line.split("auth: ", 1)[-1].replace("Error: ", ""))
-        success = ok and not bad and not replay and not pw_only
-        say("\n" + ("DEMO OK: right code accepted; wrong, replayed and missing codes refused."
+                say("   " + line[line.index("mailmfa result="):])
+        success = ok and not bad and not replay and not pw_only and reused
+        say("\n" + ("DEMO OK: right code accepted; wrong, replayed and missing codes refused; a mail client's"
+                    " parallel connection from the same address accepted within [policy] reuse_seconds."
                     if success else "DEMO FAILED: see the lines above."))
 
         if args.serve:
@@ -130,6 +158,8 @@ def main() -> int:
                 say("\nstopping")
         return 0 if success else 1
     finally:
+        if pam_file is not None:
+            pam_file.unlink(missing_ok=True)
         for server in (dovecot, slapd):
             if server is not None:
                 server.stop()
