@@ -33,9 +33,8 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT))
 
 import syspam  # noqa: E402
-from pamface import exec_service_text, pam_bin, passdb_pam, python_service_text  # noqa: E402
-
 from mfa import write_config  # noqa: E402
+from pamface import exec_service_text, pam_bin, passdb_pam, python_service_text  # noqa: E402
 from servers import Dovecot, Slapd, make_workdir, remove_workdir  # noqa: E402
 
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import syspam
-
 from servers import REPO_ROOT, Dovecot
 
 PAM_CONF = REPO_ROOT / "conf" / "pam.d"

@@ -10,12 +10,12 @@ import subprocess
 import time
 
 import pytest
-import syspam
-from pamface import pam_bin
 
+import syspam
 from mailmfa.backends.sqlite import SqliteStore
 from mailmfa.core.types import TotpParams
 from mfa import code_at, new_secret, run_checkpassword, write_config
+from pamface import pam_bin
 from servers import wait_for_step_safe
 
 

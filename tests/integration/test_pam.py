@@ -8,10 +8,10 @@ import os
 import shutil
 
 import pytest
-import syspam
-from pamface import exec_service_text, pam_bin, passdb_pam, python_service_text
 
+import syspam
 from mfa import code_at, new_secret, write_config
+from pamface import exec_service_text, pam_bin, passdb_pam, python_service_text
 from servers import free_port, wait_for_step_safe
 
 pytestmark = [

@@ -12,12 +12,12 @@ import subprocess
 import time
 
 import pytest
-import syspam
-from pamface import exec_service_text, pam_bin, passdb_pam
 
+import syspam
 from mailmfa.backends.sqlite import SqliteStore
 from mailmfa.core.types import TotpParams
 from mfa import code_at, new_secret
+from pamface import exec_service_text, pam_bin, passdb_pam
 from servers import poll_until, wait_for_step_safe
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates system users and PAM services (root only)")

@@ -12,8 +12,8 @@ import threading
 import time
 
 import pytest
-from helpers6 import login, reason, request_bytes, spawn, wrong_code
 
+from helpers6 import login, reason, request_bytes, spawn, wrong_code
 from mailmfa import config as cfgmod
 from mailmfa.backends.ldap import LdapDirectory, generalized_time
 from mailmfa.backends.ldap_state import read_throttle, reset_throttle

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from web_harness import CHROMIUM, VIEWPORT, WebApp, shot
 
 from mfa import checkpassword_bin, code_at, new_secret, write_config
 from servers import Dovecot, wait_for_step_safe
+from web_harness import CHROMIUM, VIEWPORT, WebApp, shot
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (make venv)")
 

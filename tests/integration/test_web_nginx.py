@@ -17,10 +17,10 @@ import ssl
 import subprocess
 
 import pytest
-from web_harness import CHROMIUM, WebApp, stop, wait_port
 
 from mfa import write_config
 from servers import REPO_ROOT, free_port, poll_until
+from web_harness import CHROMIUM, WebApp, stop, wait_port
 
 SNIPPET = REPO_ROOT / "conf" / "nginx" / "mailmfa-web.conf"
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/bin")

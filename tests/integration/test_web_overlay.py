@@ -8,10 +8,10 @@ import os
 import time
 
 import pytest
-from web_harness import CHROMIUM, WebApp, shot
 
 from mfa import code_at, new_secret, write_config
 from servers import wait_for_step_safe
+from web_harness import CHROMIUM, WebApp, shot
 
 if not os.path.exists(CHROMIUM) or not os.path.exists("/usr/lib/ldap/otp.so"):
     pytest.skip("needs chromium and slapd's otp module", allow_module_level=True)
