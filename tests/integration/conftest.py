@@ -85,3 +85,40 @@ def dovecot_factory(workdir_factory: Callable[[], Path]) -> Iterator[Callable[..
     yield make
     for server in started:
         server.stop()
+
+
+# -- the mailmfa setup most test modules share --------------------------------------------------
+# (module scope: one config per module, pointing at that module's slapd)
+
+@pytest.fixture(scope="module")
+def workdir(workdir_factory: Callable[[], Path]) -> Path:
+    """A 0755 directory for the module's config files and Dovecot instances."""
+    return workdir_factory()
+
+
+@pytest.fixture(scope="module")
+def config(workdir: Path, slapd: Slapd) -> Path:
+    """mailmfa.toml for the module's slapd (strict replay: reuse_seconds = 0)."""
+    from mfa import write_config
+
+    return write_config(workdir, slapd)
+
+
+@pytest.fixture(scope="module")
+def strict_config(workdir: Path, slapd: Slapd) -> Path:
+    """The same with `[policy] require_mfa = true`."""
+    from mfa import write_config
+
+    return write_config(workdir, slapd, "strict.toml", require_mfa=True)
+
+
+@pytest.fixture(scope="module")
+def dovecot(dovecot_factory: Callable[..., Dovecot], config: Path, workdir: Path) -> Dovecot:
+    """A Dovecot 2.3 whose passdb runs mailmfa-checkpassword with `config` (skips on 2.4)."""
+    from mfa import checkpassword_bin
+
+    if not Dovecot.has_checkpassword():
+        pytest.skip(f"Dovecot {'.'.join(map(str, Dovecot.version()))} has no checkpassword driver "
+                    "(removed in 2.4)")
+    return dovecot_factory(f"driver = checkpassword\nargs = {checkpassword_bin()} --config {config}",
+                           workdir=workdir / "dovecot")

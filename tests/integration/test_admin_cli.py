@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mfa import checkpassword_bin, code_at, new_secret, run_checkpassword, write_config
+from mfa import code_at, new_secret, run_checkpassword, write_config
 from servers import HMAC_SHA1, Dovecot, free_port, wait_for_step_safe
 
 HAS_CHECKPASSWORD = Dovecot.has_checkpassword()
@@ -77,29 +77,6 @@ class Enrolment:
 
 
 # ---------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def workdir(workdir_factory):
-    return workdir_factory()
-
-
-@pytest.fixture(scope="module")
-def config(workdir, slapd):
-    return write_config(workdir, slapd)
-
-
-@pytest.fixture(scope="module")
-def strict_config(workdir, slapd):
-    return write_config(workdir, slapd, "strict.toml", require_mfa=True)
-
-
-@pytest.fixture(scope="module")
-def dovecot(dovecot_factory, config, workdir):
-    if not HAS_CHECKPASSWORD:
-        pytest.skip("no checkpassword driver in this Dovecot (2.4)")
-    return dovecot_factory(f"driver = checkpassword\nargs = {checkpassword_bin()} --config {config}",
-                           workdir=workdir / "dovecot")
 
 
 _n = iter(range(1, 100_000))

@@ -20,30 +20,6 @@ needs_checkpassword = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def workdir(workdir_factory):
-    return workdir_factory()
-
-
-@pytest.fixture(scope="module")
-def config(workdir, slapd):
-    return write_config(workdir, slapd)
-
-
-@pytest.fixture(scope="module")
-def strict_config(workdir, slapd):
-    return write_config(workdir, slapd, "strict.toml", require_mfa=True)
-
-
-@pytest.fixture(scope="module")
-def dovecot(dovecot_factory, config, workdir):
-    if not HAS_CHECKPASSWORD:
-        pytest.skip("no checkpassword driver in this Dovecot")
-    exe = checkpassword_bin()
-    return dovecot_factory(
-        f"driver = checkpassword\nargs = {exe} --config {config}", workdir=workdir / "dovecot")
-
-
 _n = iter(range(1, 10_000))
 
 

@@ -20,16 +20,6 @@ NEVER_ACCEPT = {1, 111}
 
 
 @pytest.fixture(scope="module")
-def workdir(workdir_factory):
-    return workdir_factory()
-
-
-@pytest.fixture(scope="module")
-def config(workdir, slapd):
-    return write_config(workdir, slapd)
-
-
-@pytest.fixture(scope="module")
 def victim(slapd):
     """A real user with a token and one without, whose passwords appear in the generated input."""
     secret = new_secret()

@@ -19,11 +19,6 @@ from pamface import pam_bin
 from servers import wait_for_step_safe
 
 
-@pytest.fixture(scope="module")
-def workdir(workdir_factory):
-    return workdir_factory()
-
-
 def test_sqlite_tokens_with_ldap_passwords(workdir, slapd):
     db = workdir / "mixed" / "mailmfa.db"
     cfg = write_config(workdir, slapd, "sqlite-ldap.toml", tail=f'[store]\nbackend = "sqlite"\npath = "{db}"\n')

@@ -25,11 +25,6 @@ _n = iter(range(1, 10_000))
 
 
 @pytest.fixture(scope="module")
-def workdir(workdir_factory):
-    return workdir_factory()
-
-
-@pytest.fixture(scope="module")
 def exe():
     path = pam_bin()
     if path is None:

@@ -24,16 +24,6 @@ from servers import wait_for_step_safe
 _n = iter(range(1, 100_000))
 
 
-@pytest.fixture(scope="module")
-def workdir(workdir_factory):
-    return workdir_factory()
-
-
-@pytest.fixture(scope="module")
-def config(workdir, slapd):
-    return write_config(workdir, slapd)
-
-
 def new_user(server, *, token_on_user=True, prefix="t", servers=()):
     uid = f"{prefix}{next(_n)}"
     secret = new_secret()

@@ -43,11 +43,6 @@ def new_user(slapd, *, secret: bytes | None = None, prefix: str = "web") -> tupl
 # --------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def workdir(workdir_factory):
-    return workdir_factory()
-
-
-@pytest.fixture(scope="module")
 def state_dir(workdir):
     path = workdir / "web-state"
     path.mkdir(mode=0o700)

@@ -198,3 +198,12 @@ def test_names_ldap_would_match_with_spaces_ignored_are_refused(user):
     d.down = True
     out = authenticate(Request(user, "pw123456"), d, cfg(), T0)
     assert (out.verdict, out.reason) == (Verdict.REJECT, "bad_input")
+
+
+@pytest.mark.parametrize("name", ["al\0ice", "alice\n", "al\x7fice", " alice", "alice ", "a  lice", "", "a" * 257])
+def test_hostile_names_refused_before_the_directory_is_asked(name):
+    d = MemDirectory()
+    d.down = True  # any directory call would raise: the refusal must come first
+    out = authenticate(Request(name, "pw" + code(T0), "imap", "192.0.2.1"), d, cfg(), T0)
+    assert out.verdict is Verdict.REJECT and out.reason == "bad_input"
+    assert d.binds == 0
