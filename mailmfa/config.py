@@ -69,11 +69,26 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    """mailmfa-authd (the resident daemon) and how the per-login programs reach it."""
+
+    socket: str = "/run/mailmfa/authd.sock"
+    group: str = "dovecot"
+    pool_size: int = 4
+    max_connections: int = 256
+    read_timeout: float = 5.0
+    use: str = "auto"
+    fallback: bool = True
+    timeout: float = 15.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     ldap: LdapConfig
     totp: TotpConfig
     policy: PolicyConfig
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
     def read_bind_password(self) -> str:
         """The service account's password; read on use so it is never part of repr()."""
@@ -111,6 +126,10 @@ def _nonempty(v: str) -> str | None:
     return None if v else "must not be empty"
 
 
+def _absolute(v: str) -> str | None:
+    return None if v.startswith("/") and len(v.encode()) < 108 else "must be an absolute path under 108 bytes"
+
+
 def _user_filter(v: str) -> str | None:
     if "{user}" not in v:
         return "must contain {user}"
@@ -143,6 +162,16 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     },
     "policy": {
         "require_mfa": (bool, None),
+    },
+    "daemon": {
+        "socket": (str, _absolute),
+        "group": (str, None),
+        "pool_size": (int, _range(1, 64)),
+        "max_connections": (int, _range(1, 4096)),
+        "read_timeout": (float, _range(0.1, 300)),
+        "use": (str, _one_of("auto", "always", "never")),
+        "fallback": (bool, None),
+        "timeout": (float, _range(0.1, 300)),
     },
 }
 _REQUIRED = {("ldap", "user_base")}
@@ -214,6 +243,7 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         ldap=LdapConfig(**ldap),
         totp=TotpConfig(**sections.get("totp", {})),
         policy=PolicyConfig(**sections.get("policy", {})),
+        daemon=DaemonConfig(**sections.get("daemon", {})),
     )
 
 

@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the login path imports these lazily
+    from mailmfa.config import Config
+    from mailmfa.core.types import Outcome, Request
 
 EXIT_FAIL = 1
 EXIT_USAGE = 2
@@ -139,35 +144,66 @@ def run(argv: list[str], env: dict[str, str]) -> int:
     except cfgmod.ConfigError as exc:
         return finish("tempfail", "config_error", EXIT_TEMPFAIL, error=str(exc))
 
-    from mailmfa.backends.ldap import LdapDirectory
-    from mailmfa.backends.ports import BackendUnavailable
+    # Client mode: when mailmfa-authd runs, ask it (stdlib only: no ldap3 import here).
+    from mailmfa.client import ask_daemon, lookup_daemon
     from mailmfa.core.types import Request, Verdict
 
-    directory = LdapDirectory(cfg)
-    try:
-        if lookup:
-            try:
-                record = directory.lookup(user) if user else None
-            except BackendUnavailable as exc:
-                return finish("tempfail", exc.reason, EXIT_TEMPFAIL, lookup="userdb")
-            if record is None:
-                return finish("fail", "unknown_user", EXIT_NOUSER, lookup="userdb")
-            env_out = dict(env, USER=user, AUTHORIZED="2")
-            finish("ok", "userdb_lookup", 0, lookup="userdb")
-            return _exec_reply(reply, env_out)
+    request_obj = Request(user, secret, service, rip)
+    outcome = (lookup_daemon(cfg, user) if user else None) if lookup else ask_daemon(cfg, request_obj)
+    if outcome is not None:
+        fields["via"] = "authd"
+    elif lookup:
+        outcome = _lookup_in_process(cfg, user)
+    else:
+        outcome = _authenticate_in_process(cfg, request_obj)
 
-        from mailmfa.service import authenticate
-
-        outcome = authenticate(Request(user, secret, service, rip), directory, cfg, time.time())
-    finally:
-        directory.close()
-
+    if lookup:
+        if outcome is None or outcome.verdict is Verdict.REJECT:
+            return finish("fail", "unknown_user", EXIT_NOUSER, lookup="userdb")
+        if outcome.verdict is Verdict.TEMPFAIL:
+            return finish("tempfail", outcome.reason, EXIT_TEMPFAIL, lookup="userdb")
+        finish("ok", "userdb_lookup", 0, lookup="userdb")
+        return _exec_reply(reply, dict(env, USER=user, AUTHORIZED="2"))
     if outcome.verdict is Verdict.ACCEPT:
         finish("ok", outcome.reason, 0)
         return _exec_reply(reply, dict(env, USER=user))
     if outcome.verdict is Verdict.TEMPFAIL:
         return finish("tempfail", outcome.reason, EXIT_TEMPFAIL)
     return finish("fail", outcome.reason, EXIT_FAIL)
+
+
+def _authenticate_in_process(cfg: Config, request: Request) -> Outcome:
+    """The login checked here, with the LDAP stack imported only now."""
+    import time
+
+    from mailmfa.backends.ldap import LdapDirectory
+    from mailmfa.service import authenticate
+
+    directory = LdapDirectory(cfg)
+    try:
+        return authenticate(request, directory, cfg, time.time())
+    finally:
+        directory.close()
+
+
+def _lookup_in_process(cfg: Config, user: str) -> Outcome | None:
+    """userdb lookup here: an Outcome (ACCEPT = exists), or None for an empty name."""
+    from mailmfa.backends.ldap import LdapDirectory
+    from mailmfa.backends.ports import BackendUnavailable
+    from mailmfa.core.types import Outcome, Verdict
+
+    if not user:
+        return None
+    directory = LdapDirectory(cfg)
+    try:
+        record = directory.lookup(user)
+    except BackendUnavailable as exc:
+        return Outcome(Verdict.TEMPFAIL, exc.reason, user)
+    finally:
+        directory.close()
+    if record is None:
+        return Outcome(Verdict.REJECT, "unknown_user", user)
+    return Outcome(Verdict.ACCEPT, "userdb_lookup", user, record.dn)
 
 
 def _exec_reply(reply: list[str], env: dict[str, str]) -> int:
