@@ -13,6 +13,7 @@ hostile client holds one cheap thread and nothing the other logins need.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import os
@@ -122,10 +123,8 @@ class DirectoryPool:
 
 def _close_quietly(directory: Any) -> None:
     if directory is not None:
-        try:
+        with contextlib.suppress(Exception):  # closing never matters more than serving
             directory.close()
-        except Exception:  # noqa: BLE001 - closing never matters more than serving
-            pass
 
 
 class _WriteGuard:

@@ -85,7 +85,8 @@ def lua_passdb(socket_path: Path) -> tuple[str, str]:
     from servers import Dovecot
 
     if Dovecot.version() >= (2, 4):  # untested here (Debian 12 has 2.3): README's 2.4 block
-        return (f"driver = lua\nlua_file = {LUA_SCRIPT}\nuse_worker = yes\n"
-                f"lua_settings {{\n  mailmfa_socket = {socket_path}\n}}", "")
+        body = (f"driver = lua\nlua_file = {LUA_SCRIPT}\nuse_worker = yes\n"
+                f"lua_settings {{\n  mailmfa_socket = {socket_path}\n}}")
+        return body, ""
     return (f"driver = lua\nargs = file={LUA_SCRIPT} blocking=yes",
             f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={socket_path}\n")
