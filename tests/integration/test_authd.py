@@ -281,6 +281,50 @@ def test_checkpassword_client_mode_imports_no_ldap_stack(authd, config, slapd):
     assert run_checkpassword(config, "ghost", "", env={"AUTHORIZED": "1"}).returncode == 3
 
 
+def run_with_socket(sock, config, user, password, env=None):
+    """run_checkpassword() with `--socket PATH` before the reply program (the fast path)."""
+    r, w = os.pipe()
+    os.write(w, user.encode() + b"\0" + password.encode() + b"\0\0")
+    os.close(w)
+    try:
+        return subprocess.run(
+            ["/bin/bash", "-c", f'exec "$0" "$@" 3<&{r} {r}<&-', checkpassword_bin(),
+             "--socket", str(sock), "--config", str(config), "/usr/bin/env"],
+            pass_fds=(r,), capture_output=True, text=True, timeout=30, check=False,
+            env={"SERVICE": "imap", "TCPREMOTEIP": "192.0.2.7", **(env or {})})
+    finally:
+        os.close(r)
+
+
+def test_checkpassword_socket_option_reads_no_config(authd, sock, workdir, slapd):
+    uid, pw, secret = new_user(slapd, "fast")
+    missing = workdir / "no-such-config.toml"  # never read while the daemon answers
+    wait_for_step_safe()
+    proc = run_with_socket(sock, missing, uid, pw + code_at(secret), env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert f"USER={uid}" in proc.stdout.splitlines() and "via=authd" in proc.stderr
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "mailmfa.client" in imported
+    assert not {"mailmfa.config", "tomllib", "typing", "dataclasses", "ldap3", "mailmfa.core.types"} & imported
+    proc = run_with_socket(sock, missing, uid, pw + code_at(secret))
+    assert proc.returncode == 1 and "reason=replay" in proc.stderr
+    proc = run_with_socket(sock, missing, uid, "", env={"AUTHORIZED": "1"})
+    assert proc.returncode == 0 and "AUTHORIZED=2" in proc.stdout.splitlines()
+    assert run_with_socket(sock, missing, "ghost", "", env={"AUTHORIZED": "1"}).returncode == 3
+    # daemon unreachable: now the config is read, and its [daemon] fallback decides
+    stale = workdir / "fast-stale.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(stale))
+    proc = run_with_socket(stale, missing, uid, pw + "123456")
+    assert proc.returncode == 111 and "reason=config_error" in proc.stderr
+    no_fb = write_config(workdir, slapd, "fast-nofb.toml", tail=daemon_toml(stale, fallback=False))
+    proc = run_with_socket(stale, no_fb, uid, pw + "123456")
+    assert proc.returncode == 111 and "reason=daemon_unavailable" in proc.stderr
+    fb = write_config(workdir, slapd, "fast-fb.toml", tail=daemon_toml(stale, fallback=True))
+    proc = run_with_socket(stale, fb, uid, pw + "123456")
+    assert proc.returncode == 1 and "reason=bad_code" in proc.stderr and "via=authd" not in proc.stderr
+
+
 def test_checkpassword_client_mode_through_dovecot(cp_dovecot, slapd):
     uid, pw, secret = new_user(slapd, "cpd")
     wait_for_step_safe()
