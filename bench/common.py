@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(REPO))
 
-from servers import Slapd, make_workdir, poll_until, remove_workdir  # noqa: E402
+from servers import Slapd, make_workdir, poll_until, remove_workdir
 
 SHIM = REPO / "checkpassword" / "mailmfa-checkpassword"
 LUA_SCRIPT = REPO / "conf" / "dovecot" / "mailmfa.lua"

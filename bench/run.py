@@ -6,8 +6,10 @@ Through the same real Dovecot and slapd on loopback, IMAP LOGIN+LOGOUT with dist
   native passdb ldap   Dovecot's own LDAP bind, no 2FA (the ceiling)
   otp overlay          slapd's otp overlay checks password+code at that bind (the native peer)
   checkpassword        mailmfa-checkpassword, checking in-process (imports ldap3 per login)
-  checkpassword→authd  mailmfa-checkpassword in client mode, asking mailmfa-authd
-  lua→authd            Dovecot's passdb lua (conf/dovecot/mailmfa.lua) asking mailmfa-authd
+  checkpassword→authd  mailmfa-checkpassword in client mode ([daemon] use), asking mailmfa-authd
+  checkpassword --socket   the same with --socket PATH: asks before reading any config
+  lua→authd            Dovecot's passdb lua (conf/dovecot/mailmfa.lua, blocking=yes: auth workers)
+  lua→authd no worker  the same script run in the auth process itself (blocking=no)
   pam→authd            only when mailmfa/entry/pam.py exists on this branch
 
 Then mailmfa-authd alone: authentications/s at 1/8/64 concurrent connections, and its RSS
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import socket
 import sys
 import threading
@@ -28,8 +31,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import (LUA_SCRIPT, REPO, SHIM, AuthdProcess, Slapd, make_workdir, median, percentile, remove_workdir,
-                    secret_of, totp, wait_step_margin, write_config)
+from common import (
+    LUA_SCRIPT,
+    REPO,
+    SHIM,
+    AuthdProcess,
+    Slapd,
+    make_workdir,
+    median,
+    percentile,
+    remove_workdir,
+    secret_of,
+    totp,
+    wait_step_margin,
+    write_config,
+)
 from servers import Dovecot
 
 PEER = "otp overlay"
@@ -142,6 +158,7 @@ def main() -> None:
     if Dovecot.version() >= (2, 4):
         sys.exit("bench/run.py drives Dovecot 2.3 configs (checkpassword, passdb args); 2.4 not supported yet")
     levels = [int(x) for x in args.clients.split(",")]
+    load_before = os.getloadavg()
     per_cell = int(args.seconds * 300) + 50  # more users than any variant can log in
 
     wd = make_workdir("mailmfa-bench-")
@@ -158,14 +175,18 @@ def main() -> None:
         authd = AuthdProcess(wd, client_cfg, sock).start()
         servers.append(authd)
         shim = f"{SHIM}"
+        cp_socket = f"driver = checkpassword\nargs = {shim} --socket {sock} --config {client_cfg}"
+        lua_env = f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={sock}\n"
         variants: dict[str, tuple[Slapd, str, str, Password]] = {
             "native passdb ldap": (ldap, ldap_passdb(wd, ldap, "native"), "", password_only),
             PEER: (otp_ldap, ldap_passdb(wd, otp_ldap, "otp"), "", with_code),
             "checkpassword": (ldap, f"driver = checkpassword\nargs = {shim} --config {inproc_cfg}", "", with_code),
             "checkpassword→authd": (ldap, f"driver = checkpassword\nargs = {shim} --config {client_cfg}", "",
                                     with_code),
-            "lua→authd": (ldap, f"driver = lua\nargs = file={LUA_SCRIPT} blocking=yes",
-                          f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={sock}\n", with_code),
+            "checkpassword --socket": (ldap, cp_socket, "", with_code),
+            "lua→authd": (ldap, f"driver = lua\nargs = file={LUA_SCRIPT} blocking=yes", lua_env, with_code),
+            "lua→authd no worker": (ldap, f"driver = lua\nargs = file={LUA_SCRIPT} blocking=no", lua_env,
+                                    with_code),
         }
         if (REPO / "mailmfa" / "entry" / "pam.py").exists():
             print("note: mailmfa/entry/pam.py exists but the pam→authd variant is not wired here yet",
@@ -194,6 +215,8 @@ def main() -> None:
         print(json.dumps({"imap": results, "authd": daemon_results}, indent=2))
         return
     print_tables(results, daemon_results, levels, args)
+    print(f"\nload average (1 min) before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} "
+          f"on {os.cpu_count()} CPUs (other processes' load skews every figure)")
 
 
 # ------------------------------------------------------------------------------ daemon alone
@@ -206,44 +229,8 @@ def bench_daemon(ldap: Slapd, sock: Path, authd: AuthdProcess, args: argparse.Na
     n_users = int(args.seconds * 800) + 100
     users = Users(ldap, "dmn", n_users * 3)
     for conns in (1, 8, 64):
-        names = users.take(n_users)
-        it = iter(names)
-        lock = threading.Lock()
-        lat: list[float] = []
-        bad = [0]
-        deadline = time.monotonic() + args.seconds
-
-        def client() -> None:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(30)
-                s.connect(str(sock))
-                f = s.makefile("rb")
-                while time.monotonic() < deadline:
-                    with lock:
-                        uid = next(it, None)
-                    if uid is None:
-                        return
-                    line = protocol.auth_request(uid, with_code(uid), "imap", "127.0.0.1")
-                    t0 = time.perf_counter()
-                    s.sendall(line)
-                    answer = f.readline()
-                    dt = time.perf_counter() - t0
-                    with lock:
-                        lat.append(dt * 1000)
-                        if answer != b"OK ok\n":
-                            bad[0] += 1
-
-        wait_step_margin()
-        t0 = time.monotonic()
-        threads = [threading.Thread(target=client) for _ in range(conns)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.monotonic() - t0
-        out["levels"][conns] = {"auths": len(lat), "per_s": len(lat) / elapsed, "p50": median(lat),
-                                "p99": percentile(lat, 99), "not_ok": bad[0]}
-        print(f"  authd {conns} connections: {len(lat) / elapsed:.0f}/s", file=sys.stderr)
+        out["levels"][conns] = r = daemon_cell(sock, users.take(n_users), conns, args.seconds)
+        print(f"  authd {conns} connections: {r['per_s']:.0f}/s", file=sys.stderr)
 
     # memory: many requests (bad codes for a cycling set of users: the full LDAP path but the
     # last write), over 8 connections; RSS before and after
@@ -279,10 +266,52 @@ def bench_daemon(ldap: Slapd, sock: Path, authd: AuthdProcess, args: argparse.Na
     return out
 
 
+def daemon_cell(sock: Path, names: list[str], conns: int, seconds: float) -> dict:
+    """`conns` persistent connections sending successful logins for `seconds`."""
+    from mailmfa.daemon import protocol
+
+    it = iter(names)
+    lock = threading.Lock()
+    lat: list[float] = []
+    bad = [0]
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(30)
+            s.connect(str(sock))
+            f = s.makefile("rb")
+            while time.monotonic() < deadline:
+                with lock:
+                    uid = next(it, None)
+                if uid is None:
+                    return
+                line = protocol.auth_request(uid, with_code(uid), "imap", "127.0.0.1")
+                t0 = time.perf_counter()
+                s.sendall(line)
+                answer = f.readline()
+                dt = time.perf_counter() - t0
+                with lock:
+                    lat.append(dt * 1000)
+                    if answer != b"OK ok\n":
+                        bad[0] += 1
+
+    wait_step_margin()
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    return {"auths": len(lat), "per_s": len(lat) / elapsed, "p50": median(lat), "p99": percentile(lat, 99),
+            "not_ok": bad[0]}
+
+
 def print_tables(results: dict, daemon: dict, levels: list[int], args: argparse.Namespace) -> None:
     print(f"IMAP LOGIN+LOGOUT through Dovecot {'.'.join(map(str, Dovecot.version()))}, "
           f"{args.seconds:g} s per cell, distinct users; ratios to the native peer ({PEER})")
-    head = (f"{'variant':22s} {'clients':>7s} {'logins/s':>9s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s} "
+    head = (f"{'variant':24s} {'clients':>7s} {'logins/s':>9s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s} "
             f"{'fails':>5s} {'thr/peer':>8s} {'p50/peer':>8s}")
     print(head)
     print("-" * len(head))
@@ -292,7 +321,7 @@ def print_tables(results: dict, daemon: dict, levels: list[int], args: argparse.
             r = cells[c]
             thr = r["per_s"] / peer["per_s"] if peer else float("nan")
             p50 = r["p50"] / peer["p50"] if peer else float("nan")
-            print(f"{name:22s} {c:7d} {r['per_s']:9.1f} {r['p50']:7.1f} {r['p95']:7.1f} {r['p99']:7.1f} "
+            print(f"{name:24s} {c:7d} {r['per_s']:9.1f} {r['p50']:7.1f} {r['p95']:7.1f} {r['p99']:7.1f} "
                   f"{r['fails']:5d} {thr:7.2f}x {p50:7.2f}x")
     if "pam→authd" not in results:
         print("pam→authd: not measured (the PAM entry is not on this branch)")

@@ -14,8 +14,20 @@ import json
 import time
 from pathlib import Path
 
-from common import (SHIM, AuthdProcess, Slapd, make_workdir, median, remove_workdir, run_checkpassword,
-                    secret_of, totp, venv_bin, wait_step_margin, write_config)
+from common import (
+    SHIM,
+    AuthdProcess,
+    Slapd,
+    make_workdir,
+    median,
+    remove_workdir,
+    run_checkpassword,
+    secret_of,
+    totp,
+    venv_bin,
+    wait_step_margin,
+    write_config,
+)
 
 
 def importtime_top(exe: list[str], config: Path, user: str, password: str, n: int = 8) -> list[tuple[str, float]]:
@@ -72,7 +84,10 @@ def main() -> None:
         shim = ["/usr/bin/python3", "-I", str(SHIM)]
         script = [venv_bin("mailmfa-checkpassword")]
         it = iter(users)
-        take = lambda: [next(it) for _ in range(n)]  # noqa: E731
+
+        def take() -> list[str]:
+            return [next(it) for _ in range(n)]
+
         cases: dict[str, tuple[list[str], Path]] = {
             "in-process (shim, python3 -I)": (shim, plain),
             "in-process (venv console script)": (script, plain),
