@@ -73,7 +73,7 @@ def main() -> None:
     authd = None
     try:
         n = args.runs
-        users = [f"s{i}" for i in range(6 * n + 10)]
+        users = [f"s{i}" for i in range(8 * n + 20)]
         ldap.add_many_users(len(users), prefix="s", password=lambda u: f"pw-{u}")
         plain = write_config(wd, ldap, "inproc.toml", '[daemon]\nuse = "never"\n')
         plain_base = write_config(wd, ldap, "base.toml")  # no [daemon]: an older checkout parses it
@@ -93,6 +93,7 @@ def main() -> None:
             "in-process (venv console script)": (script, plain),
             "client mode → daemon (shim)": (shim, client),
             "client mode → daemon (venv console script)": (script, client),
+            "--socket → daemon (shim)": ([*shim, "--socket", str(sock)], client),
         }
         if args.baseline:
             cases["baseline in-process (shim)"] = (

@@ -14,7 +14,8 @@ Answers, one line each:
     OK <reason>\\n | FAIL <reason>\\n | TEMPFAIL <reason>\\n
 
 `reason` is one of the log reasons (ok, bad_code, ldap_unavailable, ...): ``[a-z0-9_]+``.
-A request line longer than MAX_LINE bytes, or one that does not parse, is answered
+A field whose bytes are not UTF-8 is answered ``FAIL bad_input`` (as a checkpassword request
+would be). A request line longer than MAX_LINE bytes, or one that does not parse, is answered
 ``TEMPFAIL bad_request`` and the connection is closed: a malformed request is a client bug
 or a version mismatch, never a wrong password (mail clients drop saved passwords on those).
 """
@@ -35,8 +36,13 @@ def encode_field(value: str) -> str:
     return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw)
 
 
+NOT_UTF8 = "\x00not-utf-8"  # a well-encoded field whose bytes are not UTF-8 (never a real value:
+# NUL is refused as input everywhere); the daemon answers it FAIL bad_input, as the other paths do
+
+
 def decode_field(field: bytes) -> str | None:
-    """The text of one field, or None when the encoding is invalid (not %XX, not UTF-8)."""
+    """The text of one field; None when the encoding is invalid (a byte outside the safe set,
+    a bad %XX); NOT_UTF8 when it decodes to bytes that are not UTF-8."""
     out = bytearray()
     i = 0
     n = len(field)
@@ -58,7 +64,7 @@ def decode_field(field: bytes) -> str | None:
     try:
         return out.decode("utf-8")
     except UnicodeDecodeError:
-        return None
+        return NOT_UTF8
 
 
 def auth_request(user: str, secret: str, service: str = "", rip: str = "") -> bytes:

@@ -425,6 +425,9 @@ class Daemon:
             return protocol.answer("OK", "pong")
         started = time.monotonic()
         state = self.state
+        if protocol.NOT_UTF8 in args:
+            self.log({"result": "fail", "reason": "bad_input", "via": "authd"})
+            return protocol.answer("FAIL", "unknown_user" if command == "LOOKUP" else "bad_input")
         if command == "LOOKUP":
             user = args[0]
             outcome = self._run(state, user, lambda d: self._lookup(d, user))

@@ -179,6 +179,7 @@ def test_garbage_and_stalling_clients_do_not_block_others(authd, sock, slapd):
         assert ask(sock, b"MFA2 AUTH a b c d\n") == b"TEMPFAIL bad_request\n"
         assert ask(sock, b"MFA1 AUTH a%zz b c d\n") == b"TEMPFAIL bad_request\n"
         assert ask(sock, b"A" * (protocol.MAX_LINE + 100)) == b"TEMPFAIL bad_request\n"
+        assert ask(sock, b"MFA1 AUTH %E9t%E9 pw123456 imap 1.2.3.4\n") == b"FAIL bad_input\n"  # Latin-1
         wait_for_step_safe()
         started = time.monotonic()
         assert ask(sock, protocol.auth_request(uid, pw + code_at(secret))) == b"OK ok\n"
