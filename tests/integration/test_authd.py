@@ -265,6 +265,24 @@ def test_lua_passdb_imap_login(lua_dovecot, slapd):
     assert pw not in log
 
 
+def test_lua_passdb_concurrent_imap_logins(lua_dovecot, slapd):
+    users = slapd.add_many_users(24, prefix=f"luac{next(_n)}-", password=lambda u: "pw-" + u)
+    wait_for_step_safe(margin=8)
+    results: dict[str, bool] = {}
+    barrier = threading.Barrier(len(users))
+
+    def login(uid: str, secret: bytes) -> None:
+        barrier.wait()
+        results[uid] = lua_dovecot.imap_login(uid, "pw-" + uid + code_at(secret), timeout=30).ok
+
+    threads = [threading.Thread(target=login, args=item) for item in users.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == dict.fromkeys(users, True)
+
+
 # --------------------------------------------------------------------------- checkpassword client mode
 
 def test_checkpassword_client_mode_imports_no_ldap_stack(authd, config, slapd):
