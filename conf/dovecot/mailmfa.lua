@@ -72,8 +72,10 @@ local function ask(line)
 end
 
 function auth_password_verify(req, pass)
+  -- 2.4 renamed the %{service} variable to %{protocol}
+  local service = req.service or req.protocol
   local line = "MFA1 AUTH " .. enc(req.user) .. " " .. enc(pass) .. " " ..
-               enc(req.service) .. " " .. enc(req.remote_ip) .. "\n"
+               enc(service) .. " " .. enc(req.remote_ip) .. "\n"
   local answer, err = ask(line)
   if not answer then
     req:log_error("mailmfa-authd unreachable: " .. err)
