@@ -18,9 +18,15 @@ see the code as replayed), and a slow daemon should not also get a second load.
 from __future__ import annotations
 
 import os
-import socket
 
 from mailmfa.daemon import protocol
+
+try:  # the C module itself: `import socket` costs a login ~5 ms (enum, selectors, collections)
+    from _socket import AF_UNIX, SOCK_STREAM
+    from _socket import socket as _stream_socket
+except ImportError:  # not CPython
+    from socket import AF_UNIX, SOCK_STREAM
+    from socket import socket as _stream_socket
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs a login ~4 ms
 if TYPE_CHECKING:
@@ -40,7 +46,7 @@ class Unreachable(Exception):
 def exchange(path: str, line: bytes, timeout: float) -> tuple[str, str]:
     """Send one request line, return (verdict, reason). Raises Unreachable when nothing
     could be sent (no daemon), TimeoutError/OSError/ValueError after (no usable answer)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _stream_socket(AF_UNIX, SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         try:
