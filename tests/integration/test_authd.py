@@ -324,7 +324,8 @@ def test_checkpassword_socket_option_reads_no_config(authd, sock, workdir, slapd
     assert f"USER={uid}" in proc.stdout.splitlines() and "via=authd" in proc.stderr
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "mailmfa.client" in imported
-    assert not {"mailmfa.config", "tomllib", "typing", "dataclasses", "ldap3", "mailmfa.core.types"} & imported
+    assert not {"mailmfa.config", "tomllib", "typing", "dataclasses", "ldap3", "mailmfa.core.types",
+                "socket"} & imported
     proc = run_with_socket(sock, missing, uid, pw + code_at(secret))
     assert proc.returncode == 1 and "reason=replay" in proc.stderr
     proc = run_with_socket(sock, missing, uid, "", env={"AUTHORIZED": "1"})
