@@ -193,6 +193,27 @@ def test_garbage_and_stalling_clients_do_not_block_others(authd, sock, slapd):
             s.close()
 
 
+def test_connections_over_the_limit_are_told_busy(workdir_factory, slapd):
+    wd = workdir_factory()
+    s = wd / "busy.sock"
+    server = Authd(wd / "authd", write_config(wd, slapd, tail=daemon_toml(s, max_connections=2, read_timeout=5.0)), s)
+    server.start()
+    held = []
+    try:
+        for _ in range(2):
+            c = socket.socket(socket.AF_UNIX)
+            c.connect(str(s))
+            held.append(c)
+        time.sleep(0.2)  # let the daemon accept them
+        assert ask(s, b"MFA1 PING\n") == b"TEMPFAIL busy\n"
+        held.pop().close()
+        poll_until(lambda: ask(s, b"MFA1 PING\n") == b"OK pong\n", 5, "a free connection slot")
+    finally:
+        for c in held:
+            c.close()
+        server.stop()
+
+
 def test_second_daemon_on_the_same_socket_refuses_to_start(authd, config, sock):
     proc = subprocess.run([authd_bin(), "--foreground", "--config", str(config)],
                           capture_output=True, text=True, timeout=30, check=False)
