@@ -80,7 +80,7 @@ def imap_cell(port: int, users: list[str], password: Password, clients: int, sec
     lock = threading.Lock()
     lat: list[float] = []
     fails = [0]
-    deadline = time.monotonic() + seconds
+    deadline = 0.0  # set once the step margin is waited out
 
     def client() -> None:
         while time.monotonic() < deadline:
@@ -102,6 +102,7 @@ def imap_cell(port: int, users: list[str], password: Password, clients: int, sec
 
     wait_step_margin()
     started = time.monotonic()
+    deadline = started + seconds
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
@@ -288,7 +289,7 @@ def daemon_cell(sock: Path, names: list[str], conns: int, seconds: float) -> dic
     lock = threading.Lock()
     lat: list[float] = []
     bad = [0]
-    deadline = time.monotonic() + seconds
+    deadline = 0.0  # set once the step margin is waited out
 
     def client() -> None:
         with socket.socket(socket.AF_UNIX) as s:
@@ -312,6 +313,7 @@ def daemon_cell(sock: Path, names: list[str], conns: int, seconds: float) -> dic
 
     wait_step_margin()
     t0 = time.monotonic()
+    deadline = t0 + seconds
     threads = [threading.Thread(target=client) for _ in range(conns)]
     for t in threads:
         t.start()
