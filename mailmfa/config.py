@@ -80,6 +80,7 @@ class DaemonConfig:
     use: str = "auto"
     fallback: bool = True
     timeout: float = 15.0
+    ldap_client: str = "ldap3"
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "use": (str, _one_of("auto", "always", "never")),
         "fallback": (bool, None),
         "timeout": (float, _range(0.1, 300)),
+        "ldap_client": (str, _one_of("ldap3", "python-ldap")),
     },
 }
 _REQUIRED = {("ldap", "user_base")}

@@ -5,7 +5,7 @@
 set -eu
 PKGS="slapd ldap-utils dovecot-imapd dovecot-pop3d dovecot-auth-lua lua-socket dovecot-ldap
 python3 python3-venv python3-pip python3-setuptools python3-wheel
-python3-ldap3 python3-pyotp python3-pampy python3-pytest python3-hypothesis
+python3-ldap3 python3-ldap python3-pyotp python3-pampy python3-pytest python3-hypothesis
 python3-segno python3-flask pamtester libpam-python libpam-modules"
 missing=""
 for p in $PKGS; do
