@@ -143,6 +143,14 @@ def password_only(uid: str) -> str:
     return f"pw-{uid}"
 
 
+def default_ldap_client() -> str:
+    try:
+        import ldap  # noqa: F401
+    except ImportError:
+        return "ldap3"
+    return "python-ldap"
+
+
 def ldap_passdb(workdir: Path, ldap: Slapd, name: str) -> str:
     conf = workdir / f"{name}-ldap.conf.ext"
     conf.write_text(
@@ -160,6 +168,8 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="daemon RSS after 100 000 requests")
     ap.add_argument("--daemon-requests", type=int, default=20_000)
     ap.add_argument("--only", default="", help="comma-separated variant names (default all)")
+    ap.add_argument("--ldap-client", choices=("ldap3", "python-ldap"), default=default_ldap_client(),
+                    help="mailmfa-authd's [daemon] ldap_client (default: python-ldap when installed)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if Dovecot.version() >= (2, 4):
@@ -178,7 +188,8 @@ def main() -> None:
         sock = wd / "authd.sock"
         inproc_cfg = write_config(wd, ldap, "inproc.toml", '[daemon]\nuse = "never"\n')
         client_cfg = write_config(wd, ldap, "client.toml",
-                                  f'[daemon]\nsocket = "{sock}"\nuse = "always"\nfallback = false\n')
+                                  f'[daemon]\nsocket = "{sock}"\nuse = "always"\nfallback = false\n'
+                                  f'ldap_client = "{args.ldap_client}"\n')
         authd = AuthdProcess(wd, client_cfg, sock).start()
         servers.append(authd)
         rss_fresh = authd.rss_kib()
@@ -326,7 +337,8 @@ def daemon_cell(sock: Path, names: list[str], conns: int, seconds: float) -> dic
 
 def print_tables(results: dict, daemon: dict, levels: list[int], args: argparse.Namespace) -> None:
     print(f"IMAP LOGIN+LOGOUT through Dovecot {'.'.join(map(str, Dovecot.version()))}, "
-          f"{args.seconds:g} s per cell, distinct users; ratios to the native peer ({PEER})")
+          f"{args.seconds:g} s per cell, distinct users; ratios to the native peer ({PEER}); "
+          f"authd ldap_client = {args.ldap_client}")
     head = (f"{'variant':24s} {'clients':>7s} {'logins/s':>9s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s} "
             f"{'fails':>5s} {'thr/peer':>8s} {'p50/peer':>8s}")
     print(head)
@@ -342,7 +354,8 @@ def print_tables(results: dict, daemon: dict, levels: list[int], args: argparse.
     if "pam→authd" not in results:
         print("pam→authd: not measured (the PAM entry is not on this branch)")
     if daemon:
-        print("\nmailmfa-authd alone (successful 2FA logins of distinct users, persistent connections)")
+        print(f"\nmailmfa-authd alone, ldap_client = {args.ldap_client} (successful 2FA logins of distinct "
+              "users, persistent connections)")
         print(f"{'connections':>11s} {'auths/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'not ok':>6s}")
         for conns, r in daemon["levels"].items():
             print(f"{conns:11d} {r['per_s']:8.0f} {r['p50']:7.1f} {r['p99']:7.1f} {r['not_ok']:6d}")
