@@ -176,7 +176,8 @@ def check_ldap_client(config: Config) -> None:
 
 def _ldap_directory(config: Config, cache: dict[bytes, tuple[float, Any]]) -> Any:
     """A directory for the pool: LdapDirectory (ldap3), or with [daemon] ldap_client =
-    "python-ldap" the same class on libldap (mailmfa/daemon/ldapc.py, ~4x less CPU per login).
+    "python-ldap" the same class on libldap (mailmfa/daemon/ldapc.py: measured 1.1
+    instead of 2.4 ms of daemon CPU per login).
 
     Either way its params lookups go through `cache`, shared by the pool: a params entry
     (digits, algorithm, period, window) is shared by many tokens and hardly ever changes, and
