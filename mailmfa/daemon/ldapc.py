@@ -68,13 +68,16 @@ class CLdapDirectory(LdapDirectory):
             raise BackendUnavailable("ldap_unavailable", type(exc).__name__) from None
         self._as_service = True
 
+    _user_conn: Any = None
+
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.unbind_s()
-            except Exception:  # noqa: BLE001, S110 - closing must never raise
-                pass
-        self._conn = None
+        for conn in (self._conn, self._user_conn):
+            if conn is not None:
+                try:
+                    conn.unbind_s()
+                except Exception:  # noqa: BLE001, S110 - closing must never raise
+                    pass
+        self._conn = self._user_conn = None
         self._as_service = False
 
     def _search(self, base: str, flt: str, scope: str, attrs: list[str], size: int) -> list[dict]:
@@ -92,12 +95,14 @@ class CLdapDirectory(LdapDirectory):
         return [{"dn": dn, "attrs": entry} for dn, entry in found if dn is not None]
 
     def verify_password(self, record: UserRecord, password: str) -> bool:
+        """User binds go over a second connection kept for them, so the service connection
+        never has to be re-bound: one LDAP operation fewer per login than LdapDirectory."""
         if not password:
             return False  # an empty simple bind is anonymous: never a password check
-        self._bind_service()
-        self._as_service = False
         try:
-            self._conn.simple_bind_s(record.dn, password)
+            if self._user_conn is None:
+                self._user_conn = self._connect()
+            self._user_conn.simple_bind_s(record.dn, password)
             return True
         except _REFUSED:
             return False

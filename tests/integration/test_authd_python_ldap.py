@@ -101,7 +101,8 @@ def test_failover_bad_service_password_and_outage(wd, slapd_factory):
         uid, pw, secret = new_user(server)
         wait_for_step_safe()
         assert ask(sock, protocol.auth_request(uid, pw + code_at(secret))) == b"OK ok\n"
-        server.restart()  # pooled connections die; the next login reconnects
+        server.restart()  # pooled connections (service and user-bind) die; the next login reconnects
+        assert ask(sock, protocol.auth_request(uid, "nope123456")) == b"FAIL bad_password\n"
         assert ask(sock, protocol.lookup_request(uid)) == b"OK userdb_lookup\n"
         server.stop()
         started = time.monotonic()
