@@ -214,6 +214,27 @@ def test_connections_over_the_limit_are_told_busy(workdir_factory, slapd):
         server.stop()
 
 
+def test_background_mode_forks_writes_pid_and_stops_on_sigterm(workdir_factory, slapd):
+    import signal
+
+    wd = workdir_factory()
+    s = wd / "bg.sock"
+    pid_file = wd / "authd.pid"
+    cfg = write_config(wd, slapd, tail=daemon_toml(s))
+    proc = subprocess.run([authd_bin(), "--config", str(cfg), "--pid-file", str(pid_file)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr  # the parent returns once the socket listens
+    poll_until(pid_file.exists, 10, "pid file")
+    pid = int(pid_file.read_text())
+    try:
+        assert ask(s, b"MFA1 PING\n") == b"OK pong\n"
+        assert subprocess.run([authd_bin(), "--config", str(cfg), "--check"], capture_output=True,
+                              timeout=30, check=False).returncode == 0
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    poll_until(lambda: not s.exists() and not pid_file.exists(), 10, "socket and pid file removed")
+
+
 def test_second_daemon_on_the_same_socket_refuses_to_start(authd, config, sock):
     proc = subprocess.run([authd_bin(), "--foreground", "--config", str(config)],
                           capture_output=True, text=True, timeout=30, check=False)
