@@ -98,15 +98,21 @@ class DirectoryPool:
         except queue.Empty:
             return None
         if slot[0] is None:
-            slot[0], slot[1] = self._factory(), False
+            try:
+                slot[0], slot[1] = self._factory(), False
+            except BaseException:
+                self._free.put(slot)  # never lose a slot
+                raise
         return slot
 
-    def release(self, slot: list[Any], broken: bool = False) -> None:
+    def release(self, slot: list[Any], broken: bool = False, warm: bool = True) -> None:
+        """Give a slot back; `warm` False when its connection just failed (a retry on a
+        connection made since would only double an outage's wait)."""
         if broken or self._closed:
             _close_quietly(slot[0])
             slot[0], slot[1] = None, False
         else:
-            slot[1] = True
+            slot[1] = warm
         self._free.put(slot)
 
     def close(self) -> None:
@@ -477,10 +483,16 @@ class Daemon:
         restarted, idle timeout) is retried once on a fresh one, unless a write was attempted."""
         cfg = state.config
         wait = cfg.ldap.timeout * max(1, len(cfg.ldap.uris)) * 2 + 1
-        slot = state.pool.acquire(wait)
+        failed = Outcome(Verdict.TEMPFAIL, "internal_error", user)
+        try:
+            slot = state.pool.acquire(wait)
+        except Exception as exc:  # noqa: BLE001 - a directory that cannot even be made
+            self.log({"result": "tempfail", "reason": "internal_error", "error": type(exc).__name__})
+            return failed
         if slot is None:
             return Outcome(Verdict.TEMPFAIL, "busy", user)
         broken = False
+        outcome = failed
         try:
             for attempt in (1, 2):
                 guard = _WriteGuard(slot[0])
@@ -488,15 +500,16 @@ class Daemon:
                 retry = (attempt == 1 and slot[1] and not guard.wrote
                          and outcome.verdict is Verdict.TEMPFAIL and outcome.reason == "ldap_unavailable")
                 if not retry:
-                    return outcome
+                    break
                 slot[1] = False  # the directory closed itself; the next call reconnects
             return outcome
         except Exception as exc:  # noqa: BLE001 - fail closed, replace the connection
             broken = True
             self.log({"result": "tempfail", "reason": "internal_error", "error": type(exc).__name__})
-            return Outcome(Verdict.TEMPFAIL, "internal_error", user)
+            outcome = failed
+            return outcome
         finally:
-            state.pool.release(slot, broken)
+            state.pool.release(slot, broken, warm=outcome.verdict is not Verdict.TEMPFAIL)
 
 
 def _parse_argv(argv: list[str]) -> dict[str, Any] | str:
