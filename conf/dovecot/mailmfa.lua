@@ -42,30 +42,62 @@ local RESULT = {
   TEMPFAIL = dovecot.auth.PASSDB_RESULT_INTERNAL_FAILURE,
 }
 
-local function ask(line)
-  local conn, err = unix()
-  if not conn then
+-- One connection per auth process, kept between logins: no connect, no new daemon thread per
+-- login. The daemon drops a connection idle for [daemon] read_timeout; finding it closed
+-- before any answer arrived, the request is sent once more on a new connection (the daemon
+-- never read it). Any other failure is a temporary failure, never a retry.
+local conn = nil
+
+local function connect()
+  local c, err = unix()
+  if not c then
     return nil, "socket: " .. tostring(err)
   end
-  conn:settimeout(timeout)
+  c:settimeout(timeout)
   local ok
-  ok, err = conn:connect(socket_path)
+  ok, err = c:connect(socket_path)
   if not ok then
-    conn:close()
+    c:close()
     return nil, "connect " .. socket_path .. ": " .. tostring(err)
   end
-  ok, err = conn:send(line)
+  return c
+end
+
+local function exchange(c, line)
+  local ok, err = c:send(line)
   if not ok then
-    conn:close()
-    return nil, "send: " .. tostring(err)
+    return nil, err
+  end
+  return c:receive("*l")
+end
+
+local function ask(line)
+  local reused = conn ~= nil
+  local err
+  if not conn then
+    conn, err = connect()
+    if not conn then
+      return nil, err
+    end
   end
   local answer
-  answer, err = conn:receive("*l")
-  conn:close()
+  answer, err = exchange(conn, line)
+  if not answer and reused and err == "closed" then
+    conn:close()
+    conn, err = connect()
+    if not conn then
+      return nil, err
+    end
+    answer, err = exchange(conn, line)
+  end
   if not answer then
-    return nil, "receive: " .. tostring(err)
+    conn:close()
+    conn = nil
+    return nil, "exchange: " .. tostring(err)
   end
   if #answer > MAX_ANSWER then
+    conn:close()
+    conn = nil
     return nil, "answer too long"
   end
   return answer

@@ -307,6 +307,17 @@ def test_lua_passdb_imap_login(lua_dovecot, slapd):
     assert pw not in log
 
 
+def test_lua_keeps_its_connection_and_survives_the_idle_drop(lua_dovecot, authd, slapd):
+    first = new_user(slapd, "luaidle")
+    second = new_user(slapd, "luaidle")
+    wait_for_step_safe(margin=6)
+    assert lua_dovecot.imap_login(first[0], first[1] + code_at(first[2]), source_ip="127.0.0.26").ok
+    time.sleep(1.5)  # the daemon drops connections idle for read_timeout (1 s here)
+    res = lua_dovecot.imap_login(second[0], second[1] + code_at(second[2]), source_ip="127.0.0.27")
+    assert res.ok, res.text
+    assert "mailmfa-authd unreachable" not in lua_dovecot.log_text()
+
+
 def test_lua_passdb_concurrent_imap_logins(lua_dovecot, slapd):
     users = slapd.add_many_users(24, prefix=f"luac{next(_n)}-", password=lambda u: "pw-" + u)
     wait_for_step_safe(margin=8)
