@@ -43,9 +43,10 @@ local RESULT = {
 }
 
 -- One connection per auth process, kept between logins: no connect, no new daemon thread per
--- login. The daemon drops a connection idle for [daemon] read_timeout; finding it closed
--- before any answer arrived, the request is sent once more on a new connection (the daemon
--- never read it). Any other failure is a temporary failure, never a retry.
+-- login. The daemon drops a connection idle for [daemon] read_timeout; a request that finds
+-- the kept connection closed is sent once more on a new one (usually the daemon never read
+-- it; if a daemon died after recording the login, the resent one is refused as a replay,
+-- never accepted twice). Any other failure is a temporary failure, never a retry.
 local conn = nil
 
 local function connect()
