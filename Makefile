@@ -29,8 +29,10 @@ demo: venv
 lint:
 	$(RUFF) check mailmfa tests checkpassword bench demo
 
+# BENCH_ARGS: e.g. --full (daemon RSS after 100 000 requests) or --seconds 10
 bench: venv
-	"$(VENV)/bin/python" bench/checkpassword_bench.py
+	"$(VENV)/bin/python" bench/run.py $(BENCH_ARGS)
+	"$(VENV)/bin/python" bench/startup.py
 
 clean:
 	rm -rf .venv build *.egg-info

@@ -111,6 +111,21 @@ class PasswordConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    """mailmfa-authd (the resident daemon) and how the per-login programs reach it."""
+
+    socket: str = "/run/mailmfa/authd.sock"
+    group: str = "dovecot"
+    pool_size: int = 4
+    max_connections: int = 256
+    read_timeout: float = 5.0
+    use: str = "auto"
+    fallback: bool = True
+    timeout: float = 15.0
+    ldap_client: str = "ldap3"
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     ldap: LdapConfig
@@ -119,6 +134,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     password: PasswordConfig = field(default_factory=PasswordConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
     def read_bind_password(self) -> str:
         """The service account's password; read on use so it is never part of repr()."""
@@ -158,6 +174,11 @@ def _nonempty(v: str) -> str | None:
 
 def _absolute(v: str) -> str | None:
     return None if v.startswith("/") else "must be an absolute path"
+
+
+def _socket_path(v: str) -> str | None:
+    # sun_path holds 108 bytes including the NUL
+    return None if v.startswith("/") and len(v.encode()) < 108 else "must be an absolute path under 108 bytes"
 
 
 def _pam_service(v: str) -> str | None:
@@ -218,6 +239,17 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     "password": {
         "backend": (str, _one_of(*PASSWORD_BACKENDS)),
         "pam_service": (str, _pam_service),
+    },
+    "daemon": {
+        "socket": (str, _socket_path),
+        "group": (str, None),
+        "pool_size": (int, _range(1, 64)),
+        "max_connections": (int, _range(1, 4096)),
+        "read_timeout": (float, _range(0.1, 300)),
+        "use": (str, _one_of("auto", "always", "never")),
+        "fallback": (bool, None),
+        "timeout": (float, _range(0.1, 300)),
+        "ldap_client": (str, _one_of("ldap3", "python-ldap")),
     },
 }
 # required only when an LDAP backend is selected (see parse())
@@ -307,6 +339,7 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         web=WebConfig(**sections.get("web", {})),
         store=StoreConfig(**store),
         password=PasswordConfig(**password_sec),
+        daemon=DaemonConfig(**sections.get("daemon", {})),
     )
 
 

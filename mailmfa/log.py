@@ -7,7 +7,10 @@ forge a second field or a second line (log injection).
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs a login ~4 ms
+if TYPE_CHECKING:
+    from typing import TextIO
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@._-+:/,[]")
 

@@ -3,9 +3,9 @@
 # Debian 12 (bookworm) and 13 (trixie). Starts no service: the demo and the tests run
 # their own slapd and Dovecot on loopback.
 set -eu
-PKGS="slapd ldap-utils dovecot-imapd dovecot-pop3d dovecot-auth-lua lua-socket
+PKGS="slapd ldap-utils dovecot-imapd dovecot-pop3d dovecot-auth-lua lua-socket dovecot-ldap
 python3 python3-venv python3-pip python3-setuptools python3-wheel
-python3-ldap3 python3-pyotp python3-pampy python3-pytest python3-hypothesis
+python3-ldap3 python3-ldap python3-pyotp python3-pampy python3-pytest python3-hypothesis
 python3-segno python3-flask python3-cryptography chromium nginx-light pamtester libpam-python libpam-modules"
 missing=""
 for p in $PKGS; do

@@ -1,6 +1,6 @@
 """Dovecot checkpassword entry point (the protocol djb defined, as Dovecot 2.3 runs it).
 
-    mailmfa-checkpassword [--config FILE] REPLY-PROGRAM [ARGS...]
+    mailmfa-checkpassword [--config FILE] [--socket PATH] REPLY-PROGRAM [ARGS...]
 
 Reads `user\\0password\\0timestamp\\0` from fd 3, decides, and then
   - success: sets USER and execs the reply program (Dovecot's checkpassword-reply);
@@ -16,6 +16,11 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs a login ~4 ms
+if TYPE_CHECKING:  # annotations only: the login path imports these lazily
+    from mailmfa.config import Config
+    from mailmfa.core.types import Outcome
+
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 EXIT_NOUSER = 3
@@ -23,12 +28,17 @@ EXIT_TEMPFAIL = 111
 MAX_INPUT = 1024  # Dovecot refuses user+password over 512 bytes before it runs us
 
 USAGE = """\
-usage: mailmfa-checkpassword [--config FILE] REPLY-PROGRAM [ARGS...]
+usage: mailmfa-checkpassword [--config FILE] [--socket PATH] REPLY-PROGRAM [ARGS...]
 
 Checks a mail login (password with the authenticator code appended) for Dovecot's
 checkpassword passdb/userdb. Input on file descriptor 3: user NUL password NUL
 timestamp NUL. Config: --config FILE, else $MAILMFA_CONFIG, else
 /etc/mailmfa/mailmfa.toml.
+
+When mailmfa-authd runs, the login is sent to it ([daemon] use = "auto": when its
+socket exists). --socket PATH is the fast way: ask the daemon at PATH before even
+reading the config, which is then read only if the daemon cannot be reached
+([daemon] fallback decides: check here, or fail temporarily).
 
 Exit status: success execs REPLY-PROGRAM with USER set; 1 authentication failed;
 3 unknown user (userdb lookup); 111 temporary failure (LDAP unreachable, config
@@ -62,20 +72,21 @@ def parse_request(data: bytes) -> tuple[str, str] | None:
         return None
 
 
-def _parse_argv(argv: list[str]) -> tuple[str | None, list[str]] | str:
-    """(config path, reply command) or a string naming the usage problem."""
-    config = None
+def _parse_argv(argv: list[str]) -> tuple[str | None, list[str], str | None] | str:
+    """(config path, reply command, daemon socket) or a string naming the usage problem."""
+    opts: dict[str, str | None] = {"--config": None, "--socket": None}
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--config":
-            if i + 1 >= len(argv):
-                return "--config needs a FILE"
-            config = argv[i + 1]
-            i += 2
-        elif arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
+        name = arg.split("=", 1)[0]
+        if name in opts and "=" in arg:
+            opts[name] = arg.split("=", 1)[1]
             i += 1
+        elif name in opts:
+            if i + 1 >= len(argv):
+                return f"{arg} needs a {'FILE' if arg == '--config' else 'PATH'}"
+            opts[name] = argv[i + 1]
+            i += 2
         elif arg == "--":
             i += 1
             break
@@ -86,7 +97,7 @@ def _parse_argv(argv: list[str]) -> tuple[str | None, list[str]] | str:
     reply = argv[i:]
     if not reply:
         return "missing REPLY-PROGRAM (Dovecot appends it; see --help)"
-    return config, reply
+    return opts["--config"], reply, opts["--socket"]
 
 
 def _remote_ip(env: dict[str, str]) -> str:
@@ -107,9 +118,9 @@ def run(argv: list[str], env: dict[str, str]) -> int:
     if isinstance(parsed, str):
         sys.stderr.write(f"mailmfa-checkpassword: {parsed}\n")
         return EXIT_USAGE
-    config_path, reply = parsed
+    config_path, reply, socket_path = parsed
 
-    from mailmfa.entry.common import LoginLog, build_directory, load_config
+    from mailmfa.entry.common import LoginLog, load_config
 
     service = env.get("SERVICE") or env.get("AUTH_SERVICE") or ""
     rip = _remote_ip(env)
@@ -124,6 +135,43 @@ def run(argv: list[str], env: dict[str, str]) -> int:
     user, secret = request
     logline.fields["user"] = user[:256]
 
+    def conclude(verdict: str, reason: str) -> int:
+        """Map the daemon's (or the in-process) verdict to the checkpassword protocol."""
+        if lookup:
+            if verdict == "OK":
+                finish("ok", "userdb_lookup", 0, lookup="userdb")
+                return _exec_reply(reply, dict(env, USER=user, AUTHORIZED="2"))
+            if verdict == "TEMPFAIL":
+                return finish("tempfail", reason, EXIT_TEMPFAIL, lookup="userdb")
+            return finish("fail", "unknown_user", EXIT_NOUSER, lookup="userdb")
+        if verdict == "OK":
+            finish("ok", reason, 0)
+            return _exec_reply(reply, dict(env, USER=user))
+        if verdict == "TEMPFAIL":
+            return finish("tempfail", reason, EXIT_TEMPFAIL)
+        return finish("fail", reason, EXIT_FAIL)
+
+    if lookup and not user:
+        return conclude("FAIL", "unknown_user")
+
+    tried_socket = False
+    if socket_path:  # fast path: no config, no dataclasses, no LDAP stack
+        from mailmfa import client
+        from mailmfa.daemon import protocol
+
+        line = protocol.lookup_request(user) if lookup else protocol.auth_request(user, secret, service, rip)
+        try:
+            verdict, reason = client.exchange(socket_path, line, client.DEFAULT_TIMEOUT)
+        except client.Unreachable:
+            tried_socket = True
+        except TimeoutError:
+            return finish("tempfail", client.NO_ANSWER, EXIT_TEMPFAIL, via="authd")
+        except (OSError, ValueError):
+            return finish("tempfail", client.BAD_ANSWER, EXIT_TEMPFAIL, via="authd")
+        else:
+            fields["via"] = "authd"
+            return conclude(verdict, reason)
+
     from mailmfa import config as cfgmod
 
     try:
@@ -131,36 +179,44 @@ def run(argv: list[str], env: dict[str, str]) -> int:
     except cfgmod.ConfigError as exc:
         return finish("tempfail", "config_error", EXIT_TEMPFAIL, error=str(exc))
 
-    from mailmfa.backends.ports import BackendUnavailable
+    from mailmfa.client import UNREACHABLE, ask_daemon, lookup_daemon
     from mailmfa.core.types import Request, Verdict
+
+    request_obj = Request(user, secret, service, rip)
+    if tried_socket:
+        if not cfg.daemon.fallback:
+            return finish("tempfail", UNREACHABLE, EXIT_TEMPFAIL)
+        outcome = None
+    else:  # client mode from the config ([daemon] use), when the daemon runs
+        outcome = lookup_daemon(cfg, user) if lookup else ask_daemon(cfg, request_obj)
+    if outcome is not None:
+        fields["via"] = "authd"
+    elif lookup:
+        outcome = _lookup_in_process(cfg, user)
+    else:
+        from mailmfa.entry.common import authenticate_here
+
+        outcome = authenticate_here(cfg, request_obj)
+    names = {Verdict.ACCEPT: "OK", Verdict.REJECT: "FAIL", Verdict.TEMPFAIL: "TEMPFAIL"}
+    return conclude(names[outcome.verdict], outcome.reason)
+
+
+def _lookup_in_process(cfg: Config, user: str) -> Outcome:
+    """userdb lookup here: an Outcome (ACCEPT = the user exists)."""
+    from mailmfa.backends.ports import BackendUnavailable
+    from mailmfa.core.types import Outcome, Verdict
+    from mailmfa.entry.common import build_directory
 
     directory = build_directory(cfg)
     try:
-        if lookup:
-            try:
-                record = directory.lookup(user) if user else None
-            except BackendUnavailable as exc:
-                return finish("tempfail", exc.reason, EXIT_TEMPFAIL, lookup="userdb")
-            if record is None:
-                return finish("fail", "unknown_user", EXIT_NOUSER, lookup="userdb")
-            env_out = dict(env, USER=user, AUTHORIZED="2")
-            finish("ok", "userdb_lookup", 0, lookup="userdb")
-            return _exec_reply(reply, env_out)
-
-        import time
-
-        from mailmfa.service import authenticate
-
-        outcome = authenticate(Request(user, secret, service, rip), directory, cfg, time.time())
+        record = directory.lookup(user)
+    except BackendUnavailable as exc:
+        return Outcome(Verdict.TEMPFAIL, exc.reason, user)
     finally:
         directory.close()
-
-    if outcome.verdict is Verdict.ACCEPT:
-        finish("ok", outcome.reason, 0)
-        return _exec_reply(reply, dict(env, USER=user))
-    if outcome.verdict is Verdict.TEMPFAIL:
-        return finish("tempfail", outcome.reason, EXIT_TEMPFAIL)
-    return finish("fail", outcome.reason, EXIT_FAIL)
+    if record is None:
+        return Outcome(Verdict.REJECT, "unknown_user", user)
+    return Outcome(Verdict.ACCEPT, "userdb_lookup", user, record.dn)
 
 
 def _exec_reply(reply: list[str], env: dict[str, str]) -> int:

@@ -9,9 +9,12 @@ back to it (see mailmfa.entry.pam.decide).
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from mailmfa.core.types import Outcome, Request, Verdict
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs a login ~4 ms
+if TYPE_CHECKING:
+    from typing import Any
+
+    from mailmfa.core.types import Outcome, Request
 
 
 def load_config(explicit: str | None, env: dict[str, str]) -> Any:
@@ -55,13 +58,15 @@ def build_directory(cfg: Any) -> Any:
 
 def check_in_process(req: Request, config_path: str | None, env: dict[str, str],
                      extra: dict[str, object] | None = None) -> Outcome:
-    """Load the config, build the backends, run authenticate(), release the backends.
+    """Load the config, ask the resident daemon when `[daemon] use` says so, else build the
+    backends and run authenticate() here.
 
     A config problem is a temporary failure (reason=config_error, the message in
     `extra["error"]`), never a refusal: an admin's typo must not make clients drop
     their saved passwords, nor let anyone in.
     """
     from mailmfa import config as cfgmod
+    from mailmfa.core.types import Outcome, Verdict
 
     try:
         cfg = load_config(config_path, env)
@@ -70,6 +75,18 @@ def check_in_process(req: Request, config_path: str | None, env: dict[str, str],
             extra["error"] = str(exc)
         return Outcome(Verdict.TEMPFAIL, "config_error", req.user)
 
+    from mailmfa.client import ask_daemon
+
+    outcome = ask_daemon(cfg, req)
+    if outcome is not None:
+        if extra is not None:
+            extra["via"] = "authd"
+        return outcome
+    return authenticate_here(cfg, req)
+
+
+def authenticate_here(cfg: Any, req: Request) -> Outcome:
+    """authenticate() in this process, with the backends `cfg` selects."""
     from mailmfa.service import authenticate
 
     directory = build_directory(cfg)

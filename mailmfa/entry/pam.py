@@ -94,9 +94,8 @@ def _parse_argv(argv: list[str]) -> str | tuple[str | None]:
 
 def decide(req: Request, config_path: str | None, env: dict[str, str],
            extra: dict[str, object]) -> Outcome:
-    """The verdict for `req`, for mailmfa-pam and the pam_python module alike. The one
-    place a resident-daemon client slots in: ask the daemon first and fall back to the
-    in-process check when it is not running."""
+    """The verdict for `req`, for mailmfa-pam and the pam_python module alike: the resident
+    daemon's when `[daemon] use` says to ask it (see check_in_process), else decided here."""
     from mailmfa.entry.common import check_in_process
 
     return check_in_process(req, config_path, env, extra)
