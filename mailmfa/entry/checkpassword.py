@@ -169,7 +169,7 @@ def run(argv: list[str], env: dict[str, str]) -> int:
         except (OSError, ValueError):
             return finish("tempfail", client.BAD_ANSWER, EXIT_TEMPFAIL, via="authd")
         else:
-            fields["via"] = "authd"
+            logline.fields["via"] = "authd"
             return conclude(verdict, reason)
 
     from mailmfa import config as cfgmod
@@ -190,7 +190,7 @@ def run(argv: list[str], env: dict[str, str]) -> int:
     else:  # client mode from the config ([daemon] use), when the daemon runs
         outcome = lookup_daemon(cfg, user) if lookup else ask_daemon(cfg, request_obj)
     if outcome is not None:
-        fields["via"] = "authd"
+        logline.fields["via"] = "authd"
     elif lookup:
         outcome = _lookup_in_process(cfg, user)
     else:
