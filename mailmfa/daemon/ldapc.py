@@ -13,9 +13,14 @@ Not thread-safe, like LdapDirectory: the daemon pools instances.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-import ldap  # python-ldap
+# libldap reads ldap.conf, ~/.ldaprc and LDAP* variables at its first use unless told not
+# to: mailmfa takes its LDAP settings from its own config file only (as with ldap3).
+os.environ["LDAPNOINIT"] = "1"
+
+import ldap  # noqa: E402 - python-ldap, after LDAPNOINIT
 
 from mailmfa.backends.ldap import LdapDirectory, generalized_time
 from mailmfa.backends.ports import BackendUnavailable
