@@ -127,3 +127,32 @@ def test_config_writable_by_others_is_refused_with_a_clear_message(workdir, slap
     assert rc == 111 and "USER=" not in out
     assert "reason=config_error" in err and "writable by others" in err and f"chmod o-w {cfg}" in err
     assert login(cfg, "victim", "victimpw123456")[0] == 1  # the same file, fixed: a normal refusal
+
+
+# --------------------------------------------------------------------------- PAM stdin
+
+_pam_user = st.one_of(
+    st.sampled_from(["victim", "plainvictim", "*", ")(uid=*", "victim ", "", "a" * 600, "\\"]),
+    st.text(max_size=30).filter(lambda s: "\0" not in s),  # an environment value cannot hold NUL
+)
+_pam_stdin = st.one_of(st.binary(max_size=700), _field,
+                       _field.map(lambda b: b + b"\0"), st.sampled_from([b"victimpw", b"victimpw\0", b""]))
+
+
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(user=_pam_user, data=_pam_stdin)
+def test_any_pam_stdin_is_refused_without_a_traceback(config, victim, user, data):
+    """mailmfa-pam as pam_exec runs it: the token on stdin, the user in PAM_USER."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.prefix) / "bin" / "mailmfa-pam"
+    if not exe.exists():
+        pytest.skip("mailmfa-pam is not installed in this venv (make venv)")
+    proc = subprocess.run([str(exe), "--config", str(config)], input=data, capture_output=True, timeout=30,
+                          env={"PAM_USER": user, "PAM_TYPE": "auth", "PAM_SERVICE": "imap",
+                               "PAM_RHOST": "192.0.2.66"})
+    err = proc.stderr.decode("utf-8", "replace")
+    _assert_refused(proc.returncode, proc.stdout.decode("utf-8", "replace"), err)
