@@ -22,10 +22,12 @@ os.environ["LDAPNOINIT"] = "1"
 
 import ldap  # noqa: E402 - python-ldap, after LDAPNOINIT
 
-from mailmfa.backends.ldap import LdapDirectory, generalized_time
+from mailmfa.backends.ldap import LdapDirectory
 from mailmfa.backends.ports import BackendUnavailable
 from mailmfa.core.types import UserRecord
 
+# ldap3's modify operation names (what LdapDirectory builds) -> libldap's
+_MOD_OPS = {"MODIFY_ADD": ldap.MOD_ADD, "MODIFY_DELETE": ldap.MOD_DELETE, "MODIFY_REPLACE": ldap.MOD_REPLACE}
 _SCOPES = {"SUBTREE": ldap.SCOPE_SUBTREE, "BASE": ldap.SCOPE_BASE}
 # bind results meaning "these credentials are not good" (LdapDirectory's _REFUSED_BIND codes
 # 49, 48, 50, 53, 19); any other error means the directory cannot answer now
@@ -115,21 +117,29 @@ class CLdapDirectory(LdapDirectory):
             self.close()
             raise BackendUnavailable("ldap_unavailable", type(exc).__name__) from None
 
-    def record_success(self, record: UserRecord, step: int, now: float) -> bool:
-        token = record.token
-        assert token is not None
-        a = self.attrs
+    def _cas_modify(self, dn: str, changes: dict) -> bool:
+        """LdapDirectory's compare-and-swap modify (record_success, record_failure,
+        reset_failures build the same changes for both transports), sent with libldap."""
         mods = []
-        if token.last_step is not None:
-            mods.append((ldap.MOD_DELETE, a.last_step, [str(token.last_step).encode()]))
-        mods.append((ldap.MOD_ADD, a.last_step, [str(step).encode()]))
-        mods.append((ldap.MOD_REPLACE, a.last_login, [generalized_time(now).encode()]))
+        for attr, ops in changes.items():
+            for op, values in ops:
+                raw = [v if isinstance(v, bytes) else str(v).encode() for v in values]
+                mods.append((_MOD_OPS[op], attr, raw or None))
         self._bind_service()
         try:
-            self._conn.modify_s(token.dn, mods)
+            self._conn.modify_s(dn, mods)
             return True
         except (ldap.NO_SUCH_ATTRIBUTE, ldap.TYPE_OR_VALUE_EXISTS, ldap.CONSTRAINT_VIOLATION):
-            return False  # another login moved the step first: a replay
+            return False  # another login changed the value first
         except ldap.LDAPError as exc:
             self.close()
             raise BackendUnavailable("ldap_unavailable", type(exc).__name__) from None
+
+    def remove_token(self, record: UserRecord) -> None:
+        """Rare (an admin's password reset): done over a short-lived ldap3 connection, so the
+        removal logic stays in one place (ldap_admin.remove_token_of)."""
+        once = LdapDirectory(self.config)
+        try:
+            once.remove_token(record)
+        finally:
+            once.close()

@@ -151,6 +151,14 @@ class _WriteGuard:
         self.wrote = True
         return self._d.record_success(record, step, now)
 
+    def record_failure(self, record: UserRecord, now: float) -> None:
+        self.wrote = True
+        self._d.record_failure(record, now)
+
+    def remove_token(self, record: UserRecord) -> None:
+        self.wrote = True
+        self._d.remove_token(record)
+
     def close(self) -> None:
         self._d.close()
 
