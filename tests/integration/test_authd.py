@@ -452,3 +452,23 @@ def test_daemon_killed_is_temporary_and_restart_needs_no_dovecot_restart(authd, 
     assert "mailmfa-authd unreachable" in lua_dovecot.log_text()
     assert "reason=daemon_unavailable" in cp_dovecot.log_text()
 
+
+
+def test_pam_entry_asks_the_daemon(authd, config, slapd):
+    """mailmfa-pam (pam_exec's program) goes through the daemon when [daemon] use allows."""
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.prefix) / "bin" / "mailmfa-pam"
+    if not exe.exists():
+        pytest.skip("mailmfa-pam is not installed in this venv (make venv)")
+    uid, pw, secret = new_user(slapd)
+    wait_for_step_safe()
+    env = {"PAM_USER": uid, "PAM_TYPE": "auth", "PAM_SERVICE": "imap", "PAM_RHOST": "192.0.2.44"}
+    ok = subprocess.run([str(exe), "--config", str(config)], input=(pw + code_at(secret)).encode(),
+                        capture_output=True, env=env, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    assert b"via=authd" in ok.stderr and b"reason=ok" in ok.stderr
+    again = subprocess.run([str(exe), "--config", str(config)], input=(pw + code_at(secret)).encode(),
+                           capture_output=True, env=env, timeout=30)
+    assert again.returncode == 1 and b"reason=replay" in again.stderr and b"via=authd" in again.stderr
