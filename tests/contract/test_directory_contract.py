@@ -98,7 +98,7 @@ def test_authenticate_accepts_once_then_refuses_the_replay(side):
 
     secret = secrets.token_bytes(20)
     user = side.add_user("pw-replay", secret)
-    cfg = parse({} if side.name == "sqlite" else {"ldap": {"user_base": "x"}})
+    cfg = parse(side.login_config())
     now = wait_for_step_safe()
     attempt = Request(user, "pw-replay" + _code(secret, now), "imap", "192.0.2.7")
     for expected, reason in ((Verdict.ACCEPT, "ok"), (Verdict.REJECT, "replay")):
