@@ -8,20 +8,9 @@ import secrets
 import time
 
 from mailmfa.config import parse
-from mailmfa.core.policy import CODE_BAD, check_code, is_stale_code
 from mailmfa.core.throttle import FREE_TRIES
-from mailmfa.core.types import Request, Token, TotpParams, Verdict
-
-
-def wrong_code(secret: bytes, now: float, avoid: set[str] = frozenset()) -> str:
-    """A code that is neither valid around `now` nor one of the last day's (stale codes are
-    not counted), chosen with the core's own rules, so the test cannot flake on a chance hit."""
-    token = Token("x", secret, TotpParams())
-    while True:
-        code = f"{secrets.randbelow(10**6):06d}"
-        if (code not in avoid and check_code(token, code, now).result == CODE_BAD
-                and not is_stale_code(token, code, now)):
-            return code
+from mailmfa.core.types import Request, Verdict
+from mfa import code_at, wrong_code
 
 
 def _state(side, user: str) -> tuple[int, float | None]:
@@ -120,8 +109,6 @@ def test_authenticate_throttles_after_the_free_tries(side):
         assert login("pw-t4" + code) == (Verdict.REJECT, "bad_code"), i
     assert _state(side, user)[0] == FREE_TRIES
     now = wait_for_step_safe()
-    from mfa import code_at
-
     assert login("pw-t4" + code_at(secret, now)) == (Verdict.REJECT, "throttled")
     assert side.last_step(user) is None  # the right code was not consumed
     assert _state(side, user)[0] == FREE_TRIES  # nor counted
