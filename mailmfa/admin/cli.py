@@ -1,7 +1,8 @@
 """`mailmfa`: the help desk's command for users' 2-step verification.
 
 Thin on purpose: argument parsing, prompts and wording live here; what a code means is
-mailmfa.core.enroll (pure); where tokens live is a TokenAdmin port (LDAP today). Secrets
+mailmfa.core.enroll (pure); where tokens live is a TokenAdmin port (LDAP, or SQLite in single-host
+mode: mailmfa.entry.common.build_token_admin picks it from `[store] backend`). Secrets
 come from `secrets` here, because generating them is I/O the pure core must not do.
 """
 
@@ -53,7 +54,8 @@ exit status:
   70   internal error (a bug: please report it; MAILMFA_DEBUG=1 shows the traceback)
   78   configuration error: config file, service account, params entry, or a
        directory limit that cuts a listing short
-  111  directory unavailable (down, timeout): nothing was decided, try again
+  111  directory (or SQLite store) unavailable (down, timeout, locked): nothing
+       was decided, try again
 """
 
 DESCRIPTION = """\
@@ -66,6 +68,9 @@ EPILOG = EXIT_TABLE + """
 files:
   --config FILE, else $MAILMFA_CONFIG, else /etc/mailmfa/mailmfa.toml. The commands
   bind as the service account of [ldap] bind_dn (it needs write access to tokens).
+  Single-host mode ([store] backend = "sqlite"): they open the database of [store]
+  path (run as root, it is 0600) and know users as the system does (or the directory,
+  with [password] backend = "ldap").
 
 log:
   changes are logged as key=value lines on stderr, e.g.
@@ -102,9 +107,9 @@ class Ctx:
 
     def admin(self) -> TokenAdmin:
         if self._admin is None:
-            from mailmfa.backends.ldap_admin import LdapTokenAdmin
+            from mailmfa.entry.common import build_token_admin
 
-            self._admin = LdapTokenAdmin(self.config)
+            self._admin = build_token_admin(self.config)
         return self._admin
 
     def close(self) -> None:
@@ -585,9 +590,9 @@ token exists but cannot be used (the reason is shown).""", cmd_status)
 
     p = add("list", "list enrolled users", """\
 Prints the login names of all enrolled users, one per line (--json: {"count": N,
-"users": [...]}). Fetched with the LDAP paged results control, a page at a time, so
-any directory size works -- provided the server lets the service account page past
-its size limit (olcLimits ... size.prtotal=unlimited, conf/ldap/limits.ldif); a list
+"users": [...]}). Fetched a page at a time (LDAP: the paged results control;
+SQLite: by name), so any directory size works -- provided an LDAP server lets the
+service account page past its size limit (olcLimits ... size.prtotal=unlimited, conf/ldap/limits.ldif); a list
 cut short by the server is an error (exit 78), never a silently partial list.""", cmd_list)
     p.add_argument("--page-size", type=_positive_page, default=500, metavar="N",
                    help="entries per page (default 500)")
@@ -676,6 +681,11 @@ def run(argv: list[str], out: TextIO | None = None, err: TextIO | None = None,
                         "and bind_password_file")
         if exc.reason in ("token_invalid", "token_missing"):
             return fail(EXIT_REFUSED, f"the token cannot be read ({exc.detail})")
+        if exc.reason in ("store_unsafe", "store_schema"):
+            return fail(EXIT_CONFIG, f"the token database cannot be used: {exc.detail}")
+        if exc.reason == "store_unavailable":
+            return fail(EXIT_TEMPFAIL, f"the token database is unavailable ({exc.detail}); "
+                        "try again later")
         return fail(EXIT_TEMPFAIL, f"the directory is unavailable ({exc.detail or exc.reason}); "
                     "try again later")
     finally:

@@ -75,14 +75,10 @@ class TokenInfo:
     secret_time: int | None = None
 
     def token(self) -> Token:
-        """The login path's view (the DN of a SQLite token is the user name)."""
-        if _TOKEN_HAS_THROTTLE:  # Token carries the throttle state where the core uses it
-            return Token(self.user, self.secret, self.params, self.last_step, self.drift,
-                         failure_count=self.failure_count, last_failure=self.last_failure)  # type: ignore[call-arg]
-        return Token(self.user, self.secret, self.params, self.last_step, self.drift)
-
-
-_TOKEN_HAS_THROTTLE = "failure_count" in Token.__dataclass_fields__
+        """The login path's view (the DN of a SQLite token is the user name), with the
+        throttle state the core decides on."""
+        return Token(self.user, self.secret, self.params, self.last_step, self.drift,
+                     failure_count=self.failure_count, last_failure=self.last_failure)
 
 
 def _info(row: tuple) -> TokenInfo:
@@ -104,8 +100,6 @@ class SqliteStore:
         self.timeout = timeout
         self.create = create
         self._conn: sqlite3.Connection | None = None
-        # failure count each lookup() saw, per user: record_success() asserts it is unchanged
-        self._seen_failures: dict[str, int] = {}
 
     # -- opening ----------------------------------------------------------------------
     def _prepare_file(self) -> None:
@@ -198,7 +192,6 @@ class SqliteStore:
         info = self.get(user)
         if info is None:
             return None
-        self._seen_failures[user] = info.failure_count
         return UserRecord(user, user, info.token())
 
     def record_success(self, record: UserRecord, step: int, now: float) -> bool:
@@ -210,13 +203,10 @@ class SqliteStore:
         not later."""
         token = record.token
         assert token is not None
-        seen = self._seen_failures.get(record.name, getattr(token, "failure_count", None))
         sql = ("UPDATE tokens SET last_step = ?, last_login = ?, failure_count = 0, last_failure = NULL "
-               "WHERE user = ? AND last_step IS ? AND (last_step IS NULL OR last_step < ?)")
-        args: tuple = (step, int(now), record.name, token.last_step, step)
-        if seen is not None:
-            sql += " AND failure_count = ?"
-            args += (seen,)
+               "WHERE user = ? AND last_step IS ? AND (last_step IS NULL OR last_step < ?) "
+               "AND failure_count = ?")
+        args = (step, int(now), record.name, token.last_step, step, token.failure_count)
         return self._run(sql, args).rowcount == 1
 
     def record_failure(self, record: UserRecord, now: float) -> int:
@@ -260,7 +250,7 @@ class SqliteStore:
     def write_token(self, user: str, secret: bytes, params: TotpParams, now: float, *,
                     last_step: int | None = None, replace: bool = True) -> bool:
         """Enrol (or re-enrol) `user`: a new secret starts with fresh state (no drift, no
-        failures). Pass the activation code's step as `last_step` so that code is consumed.
+        failures, no last login). Pass the activation code's step as `last_step` so that code is consumed.
         With replace=False an existing token is kept and False is returned."""
         if not user or not secret:
             raise ValueError("user and secret must not be empty")
@@ -274,7 +264,7 @@ class SqliteStore:
             insert += (' ON CONFLICT(user) DO UPDATE SET secret = excluded.secret, digits = excluded.digits, '
                        'period = excluded.period, algorithm = excluded.algorithm, "window" = excluded."window", '
                        "last_step = excluded.last_step, drift = 0, failure_count = 0, last_failure = NULL, "
-                       "secret_time = excluded.secret_time")
+                       "last_login = NULL, secret_time = excluded.secret_time")
         else:
             insert += " ON CONFLICT(user) DO NOTHING"
         return self._run(insert, values).rowcount == 1

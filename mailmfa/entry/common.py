@@ -56,6 +56,18 @@ def build_directory(cfg: Any) -> Any:
     return CombinedDirectory(store, password, absent_is_tokenless=store_kind == "sqlite")
 
 
+def build_token_admin(cfg: Any) -> Any:
+    """The TokenAdmin (admin side: enrol, status, disable, ...) for `[store] backend`:
+    tokens are administered where they live, whatever checks the password."""
+    if cfg.store.backend == "sqlite":
+        from mailmfa.backends.sqlite_admin import SqliteTokenAdmin
+
+        return SqliteTokenAdmin(cfg)
+    from mailmfa.backends.ldap_admin import LdapTokenAdmin
+
+    return LdapTokenAdmin(cfg)
+
+
 def check_in_process(req: Request, config_path: str | None, env: dict[str, str],
                      extra: dict[str, object] | None = None) -> Outcome:
     """Load the config, ask the resident daemon when `[daemon] use` says so, else build the

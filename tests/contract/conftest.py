@@ -3,7 +3,8 @@ slapd; SQLite file + PAM with real system users) must keep the same promises.
 
 A `side` fixture, parametrized over the backends, provisions users and builds fresh
 Directory instances through mailmfa.entry.common.build_directory() -- the same factory
-the entry points use -- so the suite tests exactly what runs at login.
+the entry points use -- so the suite tests exactly what runs at login; and TokenAdmin
+instances through build_token_admin(), as the `mailmfa` commands get them.
 """
 
 from __future__ import annotations
@@ -20,17 +21,26 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from mailmfa.core.types import TotpParams  # noqa: E402
-from mailmfa.entry.common import build_directory, load_config  # noqa: E402
+from mailmfa.entry.common import build_directory, build_token_admin, load_config  # noqa: E402
 from mfa import write_config  # noqa: E402
 from servers import Slapd, free_port, make_workdir, remove_workdir  # noqa: E402
 
 _n = iter(range(1, 1_000_000))
 
 
+def _no_reuse(sections: dict) -> dict:
+    """Strict replay refusal: no reuse of a just-verified password+code (and no state file)."""
+    return {**sections, "policy": {"reuse_seconds": 0}}
+
+
 class LdapSide:
     """Users in slapd (OATH-LDAP schema), password by binding as the user."""
 
     name = "ldap"
+
+    def login_config(self) -> dict:
+        """Sections for config.parse() that authenticate() needs for this store."""
+        return _no_reuse({"ldap": {"user_base": "x"}})
 
     def __init__(self, slapd: Slapd, workdir: Path) -> None:
         self.slapd = slapd
@@ -44,6 +54,10 @@ class LdapSide:
 
     def directory(self) -> Any:
         return build_directory(load_config(str(self.config), {}))
+
+    def admin(self) -> Any:
+        """The TokenAdmin the `mailmfa` commands get for this config."""
+        return build_token_admin(load_config(str(self.config), {}))
 
     def broken_directory(self) -> Any:
         cfg = write_config(self.workdir, self.slapd, "contract-down.toml",
@@ -59,6 +73,9 @@ class SqliteSide:
     """Tokens in a real SQLite file, passwords of real system users through pam_unix."""
 
     name = "sqlite"
+
+    def login_config(self) -> dict:
+        return _no_reuse({})
 
     def __init__(self, workdir: Path) -> None:
         import syspam
@@ -94,6 +111,10 @@ class SqliteSide:
 
     def directory(self) -> Any:
         return build_directory(load_config(str(self.config), {}))
+
+    def admin(self) -> Any:
+        """The TokenAdmin the `mailmfa` commands get for this config."""
+        return build_token_admin(load_config(str(self.config), {}))
 
     def broken_directory(self) -> Any:
         blocker = self.workdir / "not-a-dir"

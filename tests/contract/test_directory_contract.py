@@ -34,6 +34,8 @@ def test_lookup_returns_the_token_as_stored(side):
     assert rec.token.secret == secret
     assert rec.token.params == TotpParams(6, 30, "SHA1", 1)
     assert rec.token.last_step is None and rec.token.drift == 0
+    assert (rec.token.failure_count, rec.token.last_failure) == (0, None)
+    assert rec.password_reset is False  # only LDAP with ppolicy's pwdReset sets it
     assert secret.hex() not in repr(rec)
 
 
@@ -98,7 +100,7 @@ def test_authenticate_accepts_once_then_refuses_the_replay(side):
 
     secret = secrets.token_bytes(20)
     user = side.add_user("pw-replay", secret)
-    cfg = parse({} if side.name == "sqlite" else {"ldap": {"user_base": "x"}})
+    cfg = parse(side.login_config())
     now = wait_for_step_safe()
     attempt = Request(user, "pw-replay" + _code(secret, now), "imap", "192.0.2.7")
     for expected, reason in ((Verdict.ACCEPT, "ok"), (Verdict.REJECT, "replay")):
@@ -126,6 +128,21 @@ def test_provisioned_last_step_is_read_and_guards_the_update(side):
     finally:
         a.close()
         b.close()
+
+
+def test_remove_token_switches_2fa_off(side):
+    """What the login path does after an administrator's password reset: the token (and
+    the link to it) goes in one step, and the user logs in with the password alone."""
+    user = side.add_user("pw-rm", secrets.token_bytes(20))
+    d = side.directory()
+    try:
+        d.remove_token(d.lookup(user))
+        rec = d.lookup(user)
+        assert rec is not None and rec.token is None
+        assert d.verify_password(rec, "pw-rm")
+    finally:
+        d.close()
+    assert side.last_step(user) is None
 
 
 def test_backend_down_is_backend_unavailable(side):

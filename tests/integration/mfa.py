@@ -91,3 +91,18 @@ def run_checkpassword(config: Path, user: str, password: str, env: dict[str, str
         )
     finally:
         os.close(r)
+
+
+def wrong_code(secret: bytes, now: float, avoid: set[str] | frozenset[str] = frozenset()) -> str:
+    """A code that is neither valid around `now` nor one of the last day's (the throttle
+    does not count those stale codes), chosen with the core's own rules -- so a test
+    counting failures cannot flake on a chance hit. Default params (6 digits, 30 s, ±1)."""
+    from mailmfa.core.policy import CODE_BAD, check_code, is_stale_code
+    from mailmfa.core.types import Token, TotpParams
+
+    token = Token("x", secret, TotpParams())
+    while True:
+        code = f"{secrets.randbelow(10**6):06d}"
+        if (code not in avoid and check_code(token, code, now).result == CODE_BAD
+                and not is_stale_code(token, code, now)):
+            return code

@@ -95,6 +95,20 @@ def poll_until(
         time.sleep(interval)
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """True when every thread of `pid` is in the stopped state (T) per /proc."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        for tid in tasks:
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+            if state not in ("T", "t"):
+                return False
+    except (OSError, IndexError):
+        return True  # gone (or not Linux): nothing left to wait for
+    return True
+
+
 def wait_for_step_safe(period: int = 30, margin: float = 2.0) -> float:
     """Sleep out the rest of the current TOTP step if fewer than `margin` seconds are left.
 
@@ -431,6 +445,12 @@ class _Process:
             raise RuntimeError(f"{self.name} is not running")
         os.killpg(self._proc.pid, signal.SIGSTOP)
         self._paused = True
+        # SIGSTOP takes effect when each thread next enters the kernel: on a loaded machine
+        # a thread can still answer a request right after killpg returns. Wait until every
+        # thread is seen stopped, so "paused" means paused.
+        deadline = time.monotonic() + 2.0
+        while not _all_threads_stopped(self._proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def resume(self) -> None:
         """SIGCONT after pause()."""

@@ -70,3 +70,23 @@ def test_ldap_tokens_with_pam_passwords(workdir, slapd):
             assert again.returncode == 1 and "reason=replay" in again.stderr
         finally:
             syspam.remove_system_user(user)
+
+
+def test_admin_cli_on_sqlite_tokens_knows_users_from_ldap(workdir, slapd):
+    """[store] sqlite + [password] ldap: `mailmfa` writes tokens to SQLite and asks the
+    directory (not the system) which users exist."""
+    from test_admin_cli import mailmfa
+
+    db = workdir / "mixed-admin" / "mailmfa.db"
+    cfg = write_config(workdir, slapd, "sqlite-ldap-admin.toml",
+                       tail=f'[store]\nbackend = "sqlite"\npath = "{db}"\n')
+    slapd.add_user("mixadm1", "mixadm1-pw")
+    assert mailmfa(cfg, "status", "mixadm1").returncode == 4
+    assert mailmfa(cfg, "status", "root").returncode == 3  # a system user, but not in LDAP
+    proc = mailmfa(cfg, "enroll", "mixadm1", "--no-verify", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert SqliteStore(str(db)).get("mixadm1") is not None
+    assert not slapd.token_state("mixadm1").first("oathSecret")
+    assert mailmfa(cfg, "enroll", "ghost-mix", "--no-verify").returncode == 3
+    assert mailmfa(cfg, "disable", "mixadm1").returncode == 0
+    assert SqliteStore(str(db)).get("mixadm1") is None
