@@ -11,8 +11,8 @@ import threading
 import time
 
 import pytest
-from authd import Authd, ask, authd_bin, daemon_toml, lua_passdb
 
+from authd import Authd, ask, authd_bin, daemon_toml, lua_passdb
 from mailmfa.daemon import protocol
 from mfa import checkpassword_bin, code_at, new_secret, run_checkpassword, write_config
 from servers import Dovecot, poll_until, wait_for_step_safe

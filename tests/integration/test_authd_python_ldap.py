@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from authd import Authd, ask, daemon_toml
 
+from authd import Authd, ask, daemon_toml
 from mailmfa.daemon import protocol
 from mfa import code_at, new_secret, write_config
 from servers import free_port, wait_for_step_safe

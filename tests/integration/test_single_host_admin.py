@@ -14,12 +14,12 @@ import subprocess
 import time
 
 import pytest
-import syspam
-from pamface import pam_bin
-from test_admin_cli import Enrolment, mailmfa, wait_next_step
 
+import syspam
 from mfa import code_at, wrong_code
+from pamface import pam_bin
 from servers import wait_for_step_safe
+from test_admin_cli import Enrolment, mailmfa, wait_next_step
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates system users and PAM services (root only)")
 
