@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers6 import login, reason, run
+from cprun import login, reason, run
 from mfa import code_at, new_secret, write_config
 from servers import wait_for_step_safe
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from helpers6 import login, reason, request_bytes, spawn, wrong_code
+from cprun import login, reason, request_bytes, spawn, wrong_code
 from mailmfa import config as cfgmod
 from mailmfa.backends.ldap import LdapDirectory, generalized_time
 from mailmfa.backends.ldap_state import read_throttle, reset_throttle
