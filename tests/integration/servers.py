@@ -542,6 +542,9 @@ class Slapd(_Process):
         self.data_dir = self.workdir / "data"
         self.socket_path = self.workdir / "ldapi"
         self.ldapi_uri = "ldapi://" + urllib.parse.quote(str(self.socket_path), safe="")
+        # more URLs for slapd -h (e.g. "ldaps://127.0.0.1:PORT/" once TLS is configured); used
+        # from the next (re)start
+        self.extra_listeners: list[str] = []
         self._provisioned = False
 
     # ---- configuration ---------------------------------------------------------------------
@@ -666,7 +669,7 @@ class Slapd(_Process):
         return [
             _find_binary("slapd"),
             "-h",
-            f"{self.uri}/ {self.ldapi_uri}",
+            " ".join([f"{self.uri}/", self.ldapi_uri, *self.extra_listeners]),
             "-F",
             str(self.config_dir),
             "-d",
