@@ -150,7 +150,8 @@ def main() -> int:
 == Servers stay up until Ctrl-C. Connect a mail client (no TLS, plain password):
    IMAP server 127.0.0.1 port {dovecot.imap_port}, user {USER},
    password: {PASSWORD} followed by the 6-digit code from your app (scan the QR above).
-   Each code works once; the client's later reconnects need a fresh code.""")
+   A code is accepted once; the same client's further connections within 60 s reuse it
+   ([policy] reuse_seconds), later reconnects need a fresh code.""")
             try:
                 while True:
                     time.sleep(3600)
