@@ -3,8 +3,10 @@
 A Flask app factory. Every credential check goes through the same code as an IMAP login:
 the password (and password+code for an enrolled user) through mailmfa.service.authenticate(),
 so replay rules, throttling and logging are shared; a password re-entered to confirm a
-change is checked by an LDAP bind as the user (LdapDirectory.verify_password). Tokens are
-written and removed through the admin port (TokenAdmin), only after the first code verifies.
+change is checked by the Directory's verify_password (an LDAP bind as the user, or PAM).
+Tokens are written and removed through the admin port (TokenAdmin), only after the first
+code verifies. The backends are the ones the mail login uses (`[store] backend` x
+`[password] backend`, built by mailmfa.entry.common), so single-host mode works the same.
 
 Routes (all GET pages are no-store; every POST carries the session's CSRF token):
   /login  /login/code  /logout  /profile  /2fa  /2fa/manage  /2fa/enable  /2fa/apps
@@ -56,16 +58,65 @@ SEALED_PASSWORD = "password"
 SEALED_SECRET = "enrol_secret"
 
 
-def _default_directory(config: Config):
-    from mailmfa.backends.ldap import LdapDirectory
-
-    return LdapDirectory(config)
+MAX_DISPLAY_NAME = 200  # characters shown of a directory's or GECOS' name
 
 
-def _default_admin(config: Config):
-    from mailmfa.backends.ldap_admin import LdapTokenAdmin
+def _default_directory(config: Config) -> Any:
+    """The Directory a mail login would use (LDAP, or CombinedDirectory for other pairs)."""
+    from mailmfa.entry.common import build_directory
 
-    return LdapTokenAdmin(config)
+    return build_directory(config)
+
+
+def _default_admin(config: Config) -> Any:
+    """The TokenAdmin for where tokens live (`[store] backend`)."""
+    from mailmfa.entry.common import build_token_admin
+
+    return build_token_admin(config)
+
+
+def system_full_name(user: str) -> str:
+    """The full name of a system account: the first GECOS field (chfn's "Full Name"), or ""."""
+    import pwd
+
+    try:
+        gecos = pwd.getpwnam(user).pw_gecos
+    except (KeyError, ValueError):
+        return ""
+    return gecos.split(",", 1)[0].strip()[:MAX_DISPLAY_NAME]
+
+
+def ldap_display_name(ldap: Any, dn: str) -> str:
+    """displayName, else cn, of the LDAP entry `dn`; "" when it has neither.
+
+    LdapDirectory has no public attribute read; its search keeps timeouts and outage
+    handling (BackendUnavailable) in one place."""
+    search = getattr(ldap, "_search", None)
+    if search is None or not dn:
+        return ""
+    found = search(dn, "(objectClass=*)", "BASE", ["displayName", "cn"], 1)
+    if not found:
+        return ""
+    attrs = {k.lower(): v for k, v in found[0]["attrs"].items()}
+    for name in ("displayname", "cn"):
+        if attrs.get(name):
+            return str(attrs[name][0].decode("utf-8", "replace"))[:MAX_DISPLAY_NAME]
+    return ""
+
+
+def display_name(config: Config, directory: Any, user: str, dn: str) -> str:
+    """The name the profile shows, read where the account lives, which is where the
+    password is checked: the system account's GECOS name for `[password] backend = "pam"`,
+    the LDAP entry's displayName/cn for "ldap". "" when there is none (the page then shows
+    the login name). `dn` is the token state's dn: an LDAP DN only when tokens are in LDAP."""
+    if config.password.backend == "pam":
+        return system_full_name(user)
+    if config.store.backend == "ldap":
+        return ldap_display_name(directory, dn)
+    # SQLite tokens, LDAP passwords: CombinedDirectory(store, LdapPassword(LdapDirectory))
+    ldap = getattr(getattr(directory, "password", None), "directory", None)
+    record = ldap.lookup(user) if ldap is not None else None
+    return ldap_display_name(ldap, record.dn) if record is not None else ""
 
 
 def create_app(
@@ -328,27 +379,11 @@ def create_app(
         return redirect(url_for("login"), code=303)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ profile
-    def _display_name(dn: str) -> str:
-        d = directory()
-        # LdapDirectory has no public attribute read; its search keeps timeouts and
-        # outage handling in one place. Other backends simply show the login name.
-        search = getattr(d, "_search", None)
-        if search is None or not dn:
-            return ""
-        found = search(dn, "(objectClass=*)", "BASE", ["displayName", "cn"], 1)
-        if not found:
-            return ""
-        attrs = {k.lower(): v for k, v in found[0]["attrs"].items()}
-        for name in ("displayname", "cn"):
-            if attrs.get(name):
-                return str(attrs[name][0].decode("utf-8", "replace"))
-        return ""
-
     @app.get("/profile")
     def profile() -> Response:
         user = require_user()
         state = token_state(user)
-        name = _display_name(state.dn) or user
+        name = display_name(config, directory(), user, state.dn) or user
         return render("profile.html", title=t.profile_title, user=user, name=name, state=state)
 
     # ------------------------------------------------------------------ confirm password

@@ -20,7 +20,8 @@ exit status:
   2   usage error (bad option, bad --listen value, address in use)
   78  configuration error (file, key or state_dir named in the message)
 
-Configuration: [ldap], [totp], [policy] and [web] of mailmfa.toml (see conf/mailmfa.toml).
+Configuration: [ldap] (or [store]/[password] in single-host mode), [totp], [policy] and [web]
+of mailmfa.toml (see conf/mailmfa.toml, conf/mailmfa-single-host.toml).
 Put it behind a TLS reverse proxy (conf/nginx/mailmfa-web.conf); with secure_cookies = true
 (the default) browsers send the session cookie over https only.
 """

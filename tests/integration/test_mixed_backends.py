@@ -90,3 +90,51 @@ def test_admin_cli_on_sqlite_tokens_knows_users_from_ldap(workdir, slapd):
     assert mailmfa(cfg, "enroll", "ghost-mix", "--no-verify").returncode == 3
     assert mailmfa(cfg, "disable", "mixadm1").returncode == 0
     assert SqliteStore(str(db)).get("mixadm1") is None
+
+
+def test_web_page_on_sqlite_tokens_with_ldap_passwords(workdir, slapd):
+    """mailmfa-web's app (Flask's test client, in process) on the mixed pair: the LDAP password
+    signs in, the profile's name is the LDAP entry's cn, the token is written to SQLite (not
+    LDAP) and removed from there. The browser flows are in test_web*.py."""
+    pytest.importorskip("flask")
+    pytest.importorskip("cryptography")
+    import base64
+    import re
+
+    from mailmfa.config import load
+    from mailmfa.web.app import create_app
+
+    db = workdir / "mixed-web" / "mailmfa.db"
+    state = workdir / "mixed-web-state"
+    state.mkdir(mode=0o700)
+    cfg = write_config(workdir, slapd, "sqlite-ldap-web.toml",
+                       tail=f'[store]\nbackend = "sqlite"\npath = "{db}"\n'
+                            f'[web]\nstate_dir = "{state}"\nsecure_cookies = false\n')
+    slapd.add_user("mixweb", "mixweb-pw", cn="Mixweb Example")
+    client = create_app(load(str(cfg))).test_client()
+
+    def post(get_path: str, post_path: str, **form: str):
+        page = client.get(get_path).get_data(as_text=True)
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        return client.post(post_path, data={"csrf": token, **form})
+
+    r = post("/login", "/login", login="mixweb", password="mixweb-pw")
+    assert r.status_code == 303 and r.headers["Location"].endswith("/profile")
+    profile = client.get("/profile").get_data(as_text=True)
+    assert "Mixweb Example" in profile
+    assert post("/2fa", "/2fa", password="mixweb-pw").status_code == 303
+    assert post("/2fa/manage", "/2fa/enable").headers["Location"].endswith("/2fa/apps")
+    setup = client.get("/2fa/setup").get_data(as_text=True)
+    key = re.search(r'id="manual-key">([A-Z2-7 ]+)<', setup).group(1).replace(" ", "")
+    secret = base64.b32decode(key + "=" * (-len(key) % 8))
+    now = wait_for_step_safe()
+    r = post("/2fa/setup", "/2fa/verify", pin=code_at(secret, now))
+    assert r.status_code == 303 and r.headers["Location"].endswith("/2fa/enabled"), r.get_data(as_text=True)
+    info = SqliteStore(str(db)).get("mixweb")
+    assert info is not None and info.secret == secret and info.last_step == int(now // 30)
+    assert "oathSecret" not in slapd.get(slapd.user_dn("mixweb"))
+    # disable: the password (an LDAP bind, the user now enrolled) then Disable
+    assert post("/2fa", "/2fa", password="wrong").status_code == 401
+    assert post("/2fa", "/2fa", password="mixweb-pw").status_code == 303
+    assert post("/2fa/manage", "/2fa/disable").headers["Location"].endswith("/2fa/disabled")
+    assert SqliteStore(str(db)).get("mixweb") is None

@@ -296,3 +296,59 @@ def test_cli_help_check_and_exit_codes(tmp_path, state):
     assert r.returncode == 78 and "state_dir" in r.stderr
     r = _cli("--check", "--config", str(tmp_path / "missing.toml"))
     assert r.returncode == 78
+
+
+# --------------------------------------------------------------------------- display name by backend
+
+class _FakeLdap:
+    """Stands in for LdapDirectory's search and lookup (the real read is tested in test_web.py)."""
+
+    def __init__(self, attrs: dict[str, list[bytes]]) -> None:
+        self.attrs = attrs
+        self.searched: list[str] = []
+
+    def _search(self, base, flt, scope, attrs, size):
+        self.searched.append(base)
+        return [{"dn": base, "attrs": self.attrs}]
+
+    def lookup(self, user):
+        from mailmfa.core.types import UserRecord
+
+        return UserRecord(user, f"uid={user},ou=people,dc=x", None)
+
+
+def test_display_name_pam_is_the_gecos_full_name(tmp_path):
+    import pwd
+
+    from mailmfa.web.app import display_name, system_full_name
+
+    cfg = parse({"store": {"path": str(tmp_path / "m.db")}, "password": {"pam_service": "x"}})
+    assert (cfg.store.backend, cfg.password.backend) == ("sqlite", "pam")
+    root = pwd.getpwnam("root").pw_gecos.split(",")[0].strip()
+    assert system_full_name("root") == root
+    assert display_name(cfg, None, "root", "root") == root  # no directory read at all
+    assert display_name(cfg, None, "no-such-user-mmfa", "no-such-user-mmfa") == ""
+    assert system_full_name("bad\x00name") == ""
+
+
+def test_display_name_ldap_reads_the_entry():
+    from mailmfa.web.app import display_name
+
+    cfg = parse({"ldap": {"user_base": "ou=people,dc=x"}})
+    ldap = _FakeLdap({"cn": [b"Alice Example"], "displayName": [b"Alice E."]})
+    assert display_name(cfg, ldap, "alice", "uid=alice,ou=people,dc=x") == "Alice E."
+    assert display_name(cfg, _FakeLdap({"cn": [b"Bob"]}), "bob", "uid=bob,ou=people,dc=x") == "Bob"
+    assert display_name(cfg, _FakeLdap({}), "carol", "uid=carol,ou=people,dc=x") == ""
+
+
+def test_display_name_sqlite_tokens_ldap_passwords_finds_the_entry(tmp_path):
+    from mailmfa.backends.combined import CombinedDirectory, LdapPassword
+    from mailmfa.web.app import display_name
+
+    cfg = parse({"ldap": {"user_base": "ou=people,dc=x"},
+                 "store": {"backend": "sqlite", "path": str(tmp_path / "m.db")}})
+    ldap = _FakeLdap({"cn": [b"Dave Example"]})
+    directory = CombinedDirectory(object(), LdapPassword(ldap), absent_is_tokenless=True)
+    # the token state's dn is the login name here: the entry is found by lookup
+    assert display_name(cfg, directory, "dave", "dave") == "Dave Example"
+    assert ldap.searched == ["uid=dave,ou=people,dc=x"]
