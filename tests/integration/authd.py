@@ -81,12 +81,21 @@ def daemon_toml(socket_path: Path, **keys: object) -> str:
 
 
 def lua_passdb(socket_path: Path) -> tuple[str, str]:
-    """(passdb body, extra config) for `passdb lua` with the shipped script, as README shows."""
+    """(passdb body, extra config) for `passdb lua` with the shipped script, as README shows.
+
+    Dovecot's auth process (the dovecot user) must read the script: a copy goes beside the
+    socket (the test's 0755 workdir), as the checkout may sit where that user cannot enter."""
+    import shutil
+
     from servers import Dovecot
 
+    script = socket_path.parent / LUA_SCRIPT.name
+    shutil.copyfile(LUA_SCRIPT, script)
+    script.chmod(0o644)
+
     if Dovecot.version() >= (2, 4):  # untested here (Debian 12 has 2.3): README's 2.4 block
-        body = (f"driver = lua\nlua_file = {LUA_SCRIPT}\nuse_worker = yes\n"
+        body = (f"driver = lua\nlua_file = {script}\nuse_worker = yes\n"
                 f"lua_settings {{\n  mailmfa_socket = {socket_path}\n}}")
         return body, ""
-    return (f"driver = lua\nargs = file={LUA_SCRIPT} blocking=yes",
+    return (f"driver = lua\nargs = file={script} blocking=yes",
             f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={socket_path}\n")
