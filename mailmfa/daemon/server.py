@@ -198,7 +198,14 @@ def _ldap_directory(config: Config, cache: dict[bytes, tuple[float, Any]]) -> An
     reading it costs one LDAP search of the five a login needs. `cache` belongs to one config
     (a reload starts empty); dict get/set are atomic, and two threads missing at once only read
     the entry twice.
+
+    Other `[store]`/`[password]` pairs (single-host mode, mixed) get the same backends as every
+    per-login program (entry.common.build_directory), without the LDAP-only optimisations.
     """
+    if config.store.backend != "ldap" or config.password.backend != "ldap":
+        from mailmfa.entry.common import build_directory
+
+        return build_directory(config)
     if config.daemon.ldap_client == "python-ldap":
         from mailmfa.daemon.ldapc import CLdapDirectory as base
     else:

@@ -138,3 +138,30 @@ def test_web_page_on_sqlite_tokens_with_ldap_passwords(workdir, slapd):
     assert post("/2fa", "/2fa", password="mixweb-pw").status_code == 303
     assert post("/2fa/manage", "/2fa/disable").headers["Location"].endswith("/2fa/disabled")
     assert SqliteStore(str(db)).get("mixweb") is None
+
+
+def test_daemon_with_sqlite_tokens(workdir, slapd):
+    """mailmfa-authd builds the same backends as the per-login programs: here SQLite tokens
+    with LDAP passwords (no LDAP token at all)."""
+    from authd import Authd, ask, daemon_toml
+    from mailmfa.daemon import protocol
+
+    db = workdir / "mixed-authd" / "mailmfa.db"
+    sock = workdir / "mixed-authd.sock"
+    cfg = write_config(workdir, slapd, "authd-sqlite.toml",
+                       tail=f'[store]\nbackend = "sqlite"\npath = "{db}"\n' + daemon_toml(sock))
+    secret = new_secret()
+    slapd.add_user("mixd1", "mixd1-pw")
+    store = SqliteStore(str(db))
+    store.write_token("mixd1", secret, TotpParams(), time.time())
+    store.close()
+    server = Authd(workdir / "authd-mixed", cfg, sock)
+    server.start()
+    try:
+        now = wait_for_step_safe()
+        line = protocol.auth_request("mixd1", "mixd1-pw" + code_at(secret, now), "imap", "192.0.2.5")
+        assert ask(sock, line) == b"OK ok\n"
+        assert ask(sock, line.replace(b"192.0.2.5", b"192.0.2.6")) == b"FAIL replay\n"
+        assert SqliteStore(str(db)).get("mixd1").last_step == int(now // 30)
+    finally:
+        server.stop()
