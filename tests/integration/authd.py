@@ -99,3 +99,24 @@ def lua_passdb(socket_path: Path) -> tuple[str, str]:
         return body, ""
     return (f"driver = lua\nargs = file={script} blocking=yes",
             f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={socket_path}\n")
+
+
+def race(slapd: object, sock: Path | str, line: bytes, n: int) -> list[bytes]:
+    """Send `line` on `n` connections at once while slapd is held (SIGSTOP), so every request
+    waits on it and they really race when it resumes (DESIGN.md: 2 cores rarely overlap).
+    Returns the answers, sorted."""
+    import threading
+    import time
+
+    answers: list[bytes] = []
+    slapd.pause()  # type: ignore[attr-defined]
+    try:
+        threads = [threading.Thread(target=lambda: answers.append(ask(sock, line, 30))) for _ in range(n)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+    finally:
+        slapd.resume()  # type: ignore[attr-defined]
+    for t in threads:
+        t.join(60)
+    return sorted(answers)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from authd import Authd, ask, authd_bin, daemon_toml, lua_passdb
+from authd import Authd, ask, authd_bin, daemon_toml, lua_passdb, race
 from mailmfa.daemon import protocol
 from mfa import checkpassword_bin, code_at, new_secret, run_checkpassword, write_config
 from servers import Dovecot, poll_until, wait_for_step_safe
@@ -150,18 +150,8 @@ def test_same_code_sixteen_times_at_once_exactly_one_accepted(authd, sock, slapd
     uid, pw, secret = new_user(slapd)
     wait_for_step_safe(margin=8)
     line = protocol.auth_request(uid, pw + code_at(secret))
-    answers = []
-    slapd.pause()  # every request waits on slapd, then all race (DESIGN.md: 2 cores rarely overlap)
-    try:
-        threads = [threading.Thread(target=lambda: answers.append(ask(sock, line, 30))) for _ in range(16)]
-        for t in threads:
-            t.start()
-        time.sleep(0.5)
-    finally:
-        slapd.resume()
-    for t in threads:
-        t.join(60)
-    assert sorted(answers) == [b"FAIL replay\n"] * 15 + [b"OK ok\n"]
+    answers = race(slapd, sock, line, 16)
+    assert answers == [b"FAIL replay\n"] * 15 + [b"OK ok\n"]
 
 
 def test_garbage_and_stalling_clients_do_not_block_others(authd, sock, slapd):

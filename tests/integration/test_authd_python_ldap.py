@@ -3,13 +3,12 @@ against the same real slapd (the decisions are LdapDirectory's; only the transpo
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from authd import Authd, ask, daemon_toml
+from authd import Authd, ask, daemon_toml, race
 from mailmfa.daemon import protocol
 from mfa import code_at, new_secret, write_config
 from servers import free_port, wait_for_step_safe
@@ -79,18 +78,8 @@ def test_same_code_at_once_exactly_one_accepted(daemon, slapd):
     uid, pw, secret = new_user(slapd)
     wait_for_step_safe(margin=8)
     line = protocol.auth_request(uid, pw + code_at(secret))
-    answers = []
-    slapd.pause()
-    try:
-        threads = [threading.Thread(target=lambda: answers.append(ask(daemon, line, 30))) for _ in range(12)]
-        for t in threads:
-            t.start()
-        time.sleep(0.5)
-    finally:
-        slapd.resume()
-    for t in threads:
-        t.join(60)
-    assert sorted(answers) == [b"FAIL replay\n"] * 11 + [b"OK ok\n"]
+    answers = race(slapd, daemon, line, 12)
+    assert answers == [b"FAIL replay\n"] * 11 + [b"OK ok\n"]
 
 
 def test_failover_bad_service_password_and_outage(wd, slapd_factory):
