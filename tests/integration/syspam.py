@@ -124,3 +124,58 @@ def password_service_text() -> str:
     """A PAM service checking the system password alone (single-host mode's password factor).
     nodelay: no ~2 s pam_unix sleep after a wrong password (mailmfa throttles by itself)."""
     return "auth required pam_unix.so nodelay\naccount required pam_unix.so\n"
+
+
+class SingleHost:
+    """One single-host setup for a test module: a password PAM service (pam_unix), system
+    users, config files without [ldap] (the embedded default: [store] sqlite + [password] pam)
+    and the SQLite token database. close() removes the users and the PAM service."""
+
+    rip = "192.0.2.21"  # the client address pam_login reports
+
+    def __init__(self, workdir: Path, tail: str = "", user_prefix: str = "mmh") -> None:
+        self.workdir = workdir
+        self.db = workdir / "lib" / "mailmfa.db"  # created by the first program that opens it
+        self.user_prefix = user_prefix
+        self.password_service = add_pam_service(password_service_text())
+        self.users: list[str] = []
+        self.config = self.write_config("mailmfa.toml", tail)
+
+    def write_config(self, name: str, tail: str = "", db: Path | None = None) -> Path:
+        """A config in the workdir (readable by Dovecot's auth process); `tail` adds TOML."""
+        path = self.workdir / name
+        path.write_text(
+            f'[store]\npath = "{db or self.db}"\ntimeout = 30\n'
+            f'[password]\npam_service = "{self.password_service}"\n'
+            '[totp]\nissuer = "Single Host"\n' + tail)
+        os.chmod(path, 0o644)
+        return path
+
+    def add_user(self, password: str) -> str:
+        name = add_system_user(password, prefix=self.user_prefix)
+        self.users.append(name)
+        return name
+
+    def pam_login(self, user: str, secret_text: str, config: Path | None = None,
+                  rip: str | None = None) -> tuple[int, str]:
+        """One login as pam_exec runs mailmfa-pam: (exit status, its log line)."""
+        from pamface import pam_bin
+
+        env = {"PAM_TYPE": "auth", "PAM_USER": user, "PAM_SERVICE": "imap", "PAM_RHOST": rip or self.rip}
+        proc = subprocess.run([str(pam_bin()), "--config", str(config or self.config)],
+                              input=secret_text.encode(), env=env, capture_output=True, timeout=60, check=False)
+        return proc.returncode, proc.stderr.decode()
+
+    def token(self, user: str):  # -> TokenInfo | None
+        from mailmfa.backends.sqlite import SqliteStore
+
+        store = SqliteStore(str(self.db), 5.0)
+        try:
+            return store.get(user)
+        finally:
+            store.close()
+
+    def close(self) -> None:
+        for name in self.users:
+            remove_system_user(name)
+        remove_pam_service(self.password_service)

@@ -23,27 +23,16 @@ from servers import poll_until, wait_for_step_safe
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates system users and PAM services (root only)")
 
 
-class Host:
-    """The single host: users, PAM services, config and token database of one test module."""
+class Host(syspam.SingleHost):
+    """The single host of this module, plus the pam_exec service that runs mailmfa-pam."""
 
     def __init__(self, workdir, exe):
-        self.workdir = workdir
-        self.db = workdir / "lib" / "mailmfa.db"
-        self.password_service = syspam.add_pam_service(syspam.password_service_text())
-        # no [ldap] section: the embedded default is sqlite + pam
-        self.config = workdir / "mailmfa.toml"
-        self.config.write_text(
-            f'[store]\npath = "{self.db}"\ntimeout = 30\n'
-            f'[password]\npam_service = "{self.password_service}"\n'
-            '[totp]\nissuer = "Single Host"\n')
-        os.chmod(self.config, 0o644)
+        super().__init__(workdir)
         self.log = workdir / "pam.log"
         self.service = syspam.add_pam_service(exec_service_text(self.config, self.log, exe))
-        self.users: list[str] = []
 
     def add_user(self, password, token=True):
-        name = syspam.add_system_user(password, prefix="mmh")
-        self.users.append(name)
+        name = super().add_user(password)
         secret = None
         if token:  # what `mailmfa enrol` does in single-host mode
             secret = new_secret()
@@ -54,18 +43,9 @@ class Host:
                 store.close()
         return name, secret
 
-    def token(self, name):
-        store = SqliteStore(str(self.db))
-        try:
-            return store.get(name)
-        finally:
-            store.close()
-
     def close(self):
-        for name in self.users:
-            syspam.remove_system_user(name)
         syspam.remove_pam_service(self.service)
-        syspam.remove_pam_service(self.password_service)
+        super().close()
 
 
 @pytest.fixture(scope="module")

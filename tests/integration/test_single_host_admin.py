@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import stat
-import subprocess
 import time
 
 import pytest
@@ -24,49 +23,25 @@ from test_admin_cli import Enrolment, mailmfa, wait_next_step
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creates system users and PAM services (root only)")
 
 
-class Host:
-    """One single host: a password PAM service, configs and the token database."""
+def _policy(require_mfa: bool = False) -> str:
+    return f'[policy]\nreuse_seconds = 0\nrequire_mfa = {"true" if require_mfa else "false"}\n'
+
+
+class Host(syspam.SingleHost):
+    """The single host of this module, with a second config that requires 2FA."""
 
     def __init__(self, workdir):
-        self.workdir = workdir
-        self.db = workdir / "lib" / "mailmfa.db"  # created by the first command
-        self.password_service = syspam.add_pam_service(syspam.password_service_text())
-        self.config = self._config("mailmfa.toml")
+        super().__init__(workdir, _policy(), user_prefix="mma")
         self.strict = self._config("strict.toml", require_mfa=True)
-        self.users: list[str] = []
 
     def _config(self, name, *, db=None, require_mfa=False):
-        path = self.workdir / name
-        # no [ldap] section: the embedded default is [store] sqlite + [password] pam
-        path.write_text(
-            f'[store]\npath = "{db or self.db}"\n'
-            f'[password]\npam_service = "{self.password_service}"\n'
-            '[totp]\nissuer = "Single Host"\n'
-            f'[policy]\nreuse_seconds = 0\nrequire_mfa = {"true" if require_mfa else "false"}\n')
-        os.chmod(path, 0o644)
-        return path
+        return self.write_config(name, _policy(require_mfa), db)
 
-    def add_user(self, password):
-        name = syspam.add_system_user(password, prefix="mma")
-        self.users.append(name)
-        return name
-
-    def login(self, user, secret_text, config=None, rip="192.0.2.21"):
-        """One login as pam_exec runs mailmfa-pam: (exit status, its log line)."""
-        env = {"PAM_TYPE": "auth", "PAM_USER": user, "PAM_SERVICE": "imap", "PAM_RHOST": rip}
-        proc = subprocess.run([pam_bin(), "--config", str(config or self.config)],
-                              input=secret_text.encode(), env=env, capture_output=True, timeout=60,
-                              check=False)
-        return proc.returncode, proc.stderr.decode()
+    login = syspam.SingleHost.pam_login
 
     def status(self, user):
         proc = mailmfa(self.config, "status", user, "--json")
         return proc.returncode, json.loads(proc.stdout) if proc.stdout else None
-
-    def close(self):
-        for name in self.users:
-            syspam.remove_system_user(name)
-        syspam.remove_pam_service(self.password_service)
 
 
 @pytest.fixture(scope="module")

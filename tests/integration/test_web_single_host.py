@@ -11,7 +11,6 @@ with the password and the token is gone.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
 import pytest
@@ -33,43 +32,16 @@ PASSWORD = "Pw-web single 1"
 FULL_NAME = "Ada Lovelace"
 
 
-class Host:
-    """A single host: the password PAM service, the config (no [ldap]: the embedded default
-    is [store] sqlite + [password] pam), the token database and the web state dir."""
+class Host(syspam.SingleHost):
+    """The single host of this module, plus the web page's state dir and settings."""
+
+    rip = "192.0.2.31"
 
     def __init__(self, workdir):
-        self.workdir = workdir
-        self.db = workdir / "lib" / "mailmfa.db"
         state = workdir / "web-state"
         state.mkdir(mode=0o700)
-        self.password_service = syspam.add_pam_service(syspam.password_service_text())
-        self.config = workdir / "mailmfa.toml"
-        self.config.write_text(
-            f'[store]\npath = "{self.db}"\n'
-            f'[password]\npam_service = "{self.password_service}"\n'
-            '[totp]\nissuer = "Single Host"\n'
-            '[policy]\nreuse_seconds = 0\n'
-            f'[web]\nstate_dir = "{state}"\nsecure_cookies = false\nsite_name = "Single Host Mail"\n')
-        os.chmod(self.config, 0o644)
-
-    def pam_login(self, user: str, secret_text: str) -> tuple[int, str]:
-        """One login as pam_exec runs mailmfa-pam: (exit status, its log line)."""
-        env = {"PAM_TYPE": "auth", "PAM_USER": user, "PAM_SERVICE": "imap", "PAM_RHOST": "192.0.2.31"}
-        proc = subprocess.run([pam_bin(), "--config", str(self.config)], input=secret_text.encode(),
-                              env=env, capture_output=True, timeout=60, check=False)
-        return proc.returncode, proc.stderr.decode()
-
-    def token(self, user: str):
-        from mailmfa.backends.sqlite import SqliteStore
-
-        store = SqliteStore(str(self.db), 5.0)
-        try:
-            return store.get(user)
-        finally:
-            store.close()
-
-    def close(self) -> None:
-        syspam.remove_pam_service(self.password_service)
+        super().__init__(workdir, '[policy]\nreuse_seconds = 0\n'
+                         f'[web]\nstate_dir = "{state}"\nsecure_cookies = false\nsite_name = "Single Host Mail"\n')
 
 
 @pytest.fixture(scope="module")
