@@ -16,7 +16,6 @@ import pytest
 from cprun import login, reason, request_bytes, spawn, wrong_code
 from mailmfa import config as cfgmod
 from mailmfa.backends.ldap import LdapDirectory, generalized_time
-from mailmfa.backends.ldap_state import read_throttle, reset_throttle
 from mailmfa.core import throttle
 from mfa import code_at, new_secret, write_config
 from servers import wait_for_step_safe
@@ -142,31 +141,48 @@ def test_success_refused_when_a_failure_was_counted_since_lookup(slapd, config):
 
 
 def test_admin_read_and_reset(slapd, config):
+    """What `mailmfa status` reads and `mailmfa unlock` clears, through the admin port."""
+    from mailmfa.backends.ldap_admin import LdapTokenAdmin
+    from mailmfa.backends.ports import UnknownUser
+
     uid, _pw, _secret = new_user(slapd, token_on_user=False)
-    cfg = cfgmod.load(str(config))
-    now = time.time()
-    set_state(slapd, uid, 7, now - 10, token_on_user=False)
-    st = read_throttle(cfg, uid, now)
-    assert st.failures == 7 and abs(st.last_failure - (now - 10)) < 2
-    assert 100 < st.wait_seconds <= throttle.delay_after(7) and not st.locked_out
-    set_state(slapd, uid, 100, now, token_on_user=False)
-    st = read_throttle(cfg, uid, now + 10**7)
-    assert st.locked_out and st.as_dict()["wait_seconds"] is None
-    assert reset_throttle(cfg, uid) is True
-    assert failures(slapd, uid, token_on_user=False) == (0, None)
-    assert read_throttle(cfg, uid, now).wait_seconds == 0
-    assert read_throttle(cfg, "ghost", now) is None and reset_throttle(cfg, "ghost") is False
-    plain = f"plain{next(_n)}"
-    slapd.add_user(plain, "pw")
-    assert read_throttle(cfg, plain, now) is None
+    admin = LdapTokenAdmin(cfgmod.load(str(config)))
+    try:
+        now = time.time()
+        set_state(slapd, uid, 7, now - 10, token_on_user=False)
+        st = admin.token_state(uid)
+        assert st.failure_count == 7 and abs(st.last_failure - (now - 10)) < 2
+        wait = throttle.wait_seconds(st.failure_count, st.last_failure, now)
+        assert 100 < wait <= throttle.delay_after(7) and not throttle.is_locked_out(st.failure_count)
+        set_state(slapd, uid, 100, now, token_on_user=False)
+        st = admin.token_state(uid)
+        assert throttle.is_locked_out(st.failure_count)
+        assert throttle.wait_seconds(st.failure_count, st.last_failure, now + 10**7) == float("inf")
+        assert admin.reset_failures(uid) is True
+        assert failures(slapd, uid, token_on_user=False) == (0, None)
+        st = admin.token_state(uid)
+        assert throttle.wait_seconds(st.failure_count or 0, st.last_failure, now) == 0
+        with pytest.raises(UnknownUser):
+            admin.reset_failures("ghost")
+        plain = f"plain{next(_n)}"
+        slapd.add_user(plain, "pw")
+        assert admin.reset_failures(plain) is False
+    finally:
+        admin.close()
 
 
 def test_locked_out_until_unlock(slapd, config):
+    from mailmfa.backends.ldap_admin import LdapTokenAdmin
+
     uid, pw, secret = new_user(slapd)
     set_state(slapd, uid, throttle.LOCKOUT_AFTER, time.time() - 10**7)
     wait_for_step_safe()
     assert reason(login(config, uid, pw + code_at(secret))[2]) == "throttled"
-    assert reset_throttle(cfgmod.load(str(config)), uid)
+    admin = LdapTokenAdmin(cfgmod.load(str(config)))
+    try:
+        assert admin.reset_failures(uid)
+    finally:
+        admin.close()
     assert login(config, uid, pw + code_at(secret))[0] == 0
 
 
