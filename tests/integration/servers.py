@@ -404,10 +404,7 @@ class _Process:
             except subprocess.TimeoutExpired:
                 self._killpg()
                 proc.wait()
-        self._reap_group()
-        self._proc = None
-        self._paused = False
-        _LIVE.discard(self)
+        self._forget()
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no shutdown, whatever the server had not written is lost."""
@@ -417,26 +414,22 @@ class _Process:
         if proc.poll() is None:
             self._killpg()
             proc.wait()
-        self._reap_group()
-        self._proc = None
-        self._paused = False
-        _LIVE.discard(self)
+        self._forget()
 
     def _killpg(self) -> None:
+        """SIGKILL the server's whole process group (also children outliving a killed master)."""
         assert self._proc is not None
-        try:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def _reap_group(self) -> None:
-        """Kill leftovers in the server's process group (Dovecot children outliving a killed master)."""
-        if self._proc is None:
-            return
         try:
             os.killpg(self._proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def _forget(self) -> None:
+        """After the server exited: kill leftovers in its group and mark it stopped."""
+        self._killpg()
+        self._proc = None
+        self._paused = False
+        _LIVE.discard(self)
 
     def pause(self) -> None:
         """SIGSTOP to the server's process group: it keeps its sockets but answers nothing (a hung
