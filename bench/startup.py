@@ -86,11 +86,11 @@ def main() -> None:
         client = write_config(wd, ldap, "client.toml", f'[daemon]\nsocket = "{sock}"\nuse = "always"\n'
                               "fallback = false\n")
         authd = AuthdProcess(wd, client, sock).start()
-        shim = ["/usr/bin/python3", "-I", str(SHIM)]
+        shim = [str(SHIM)]  # its own #! line: python3 -IS
         script = [venv_bin("mailmfa-checkpassword")]
         it = iter(users)
         cases: dict[str, tuple[list[str], Path]] = {
-            "in-process (shim, python3 -I)": (shim, plain),
+            "in-process (shim, python3 -IS)": (shim, plain),
             "in-process (venv console script)": (script, plain),
             "client mode → daemon (shim)": (shim, client),
             "client mode → daemon (venv console script)": (script, client),

@@ -4,6 +4,7 @@ Dovecot runs it) and through a real Dovecot 2.3 IMAP login."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 
@@ -318,7 +319,7 @@ def test_interop_with_slapd_otp_overlay(slapd_factory, workdir_factory):
 # --------------------------------------------------------------------------- as Dovecot deploys it
 
 def test_shim_runs_as_dovecot_user_without_path_or_home(slapd, config):
-    """checkpassword/mailmfa-checkpassword under /usr/bin/python3 -I, as the `dovecot` user,
+    """checkpassword/mailmfa-checkpassword under /usr/bin/python3 -IS, as the `dovecot` user,
     with an environment holding nothing but what Dovecot sets."""
     import pwd
 
@@ -343,6 +344,27 @@ def test_shim_runs_as_dovecot_user_without_path_or_home(slapd, config):
     out = proc.stdout.splitlines()
     assert f"USER={uid}" in out
     assert not any(line.startswith(("PATH=", "HOME=")) for line in out)
+
+
+def test_shim_without_the_package_is_a_temporary_failure(workdir):
+    """A shim copied where no mailmfa package is reachable (not beside it, not in the system
+    interpreter's site directories) answers 111, never Python's exit 1 (a wrong password)."""
+    from mfa import SHIM
+
+    probe = subprocess.run(["/usr/bin/python3", "-I", "-c", "import mailmfa"], capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("mailmfa is installed for /usr/bin/python3: the copied shim would find it")
+    lonely = workdir / "lonely" / "bin"
+    lonely.mkdir(parents=True)
+    shutil.copy(SHIM, lonely / "mailmfa-checkpassword")
+    r, w = os.pipe()
+    os.write(w, b"someone\0pw123456\0\0")
+    os.close(w)
+    proc = subprocess.run(fd3_argv(r, [str(lonely / "mailmfa-checkpassword"), "/bin/true"]), pass_fds=(r,),
+                          capture_output=True, text=True, env={}, timeout=30)
+    os.close(r)
+    assert proc.returncode == 111, proc.stderr
+    assert "reason=not_installed" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @needs_checkpassword
