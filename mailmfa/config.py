@@ -122,7 +122,7 @@ class DaemonConfig:
     use: str = "auto"
     fallback: bool = True
     timeout: float = 15.0
-    ldap_client: str = "ldap3"
+    ldap_client: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "use": (str, _one_of("auto", "always", "never")),
         "fallback": (bool, None),
         "timeout": (float, _range(0.1, 300)),
-        "ldap_client": (str, _one_of("ldap3", "python-ldap")),
+        "ldap_client": (str, _one_of("auto", "ldap3", "python-ldap")),
     },
 }
 # required only when an LDAP backend is selected (see parse())

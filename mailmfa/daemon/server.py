@@ -178,18 +178,25 @@ class _State:
 PARAMS_TTL = 60.0  # seconds a TOTP params entry is reused from memory
 
 
-def check_ldap_client(config: Config) -> None:
-    """Raise ConfigError when [daemon] ldap_client names a library that is not installed."""
-    if config.daemon.ldap_client == "python-ldap":
-        try:
-            import ldap  # noqa: F401
-        except ImportError:
-            raise ConfigError(f"{config.path}: [daemon] ldap_client: python-ldap is not installed "
-                              "(Debian: apt-get install python3-ldap)") from None
+def ldap_client_for(config: Config) -> str:
+    """The LDAP library the daemon uses: [daemon] ldap_client, with "auto" meaning python-ldap
+    when it is installed (a third of ldap3's CPU per login, CPU otherwise taken from Dovecot)
+    and ldap3 otherwise. Raises ConfigError when "python-ldap" is asked for but missing."""
+    wanted = config.daemon.ldap_client
+    if wanted == "ldap3":
+        return wanted
+    try:  # through ldapc: it sets LDAPNOINIT before libldap is loaded
+        import mailmfa.daemon.ldapc  # noqa: F401
+    except ImportError:
+        if wanted == "auto":
+            return "ldap3"
+        raise ConfigError(f"{config.path}: [daemon] ldap_client: python-ldap is not installed "
+                          "(Debian: apt-get install python3-ldap)") from None
+    return "python-ldap"
 
 
 def _ldap_directory(config: Config, cache: dict[bytes, tuple[float, Any]]) -> Any:
-    """A directory for the pool: LdapDirectory (ldap3), or with [daemon] ldap_client =
+    """A directory for the pool: LdapDirectory (ldap3), or when ldap_client_for() says
     "python-ldap" the same class on libldap (mailmfa/daemon/ldapc.py: measured 1.1
     instead of 2.4 ms of daemon CPU per login).
 
@@ -206,7 +213,7 @@ def _ldap_directory(config: Config, cache: dict[bytes, tuple[float, Any]]) -> An
         from mailmfa.entry.common import build_directory
 
         return build_directory(config)
-    if config.daemon.ldap_client == "python-ldap":
+    if ldap_client_for(config) == "python-ldap":
         from mailmfa.daemon.ldapc import CLdapDirectory as base
     else:
         from mailmfa.backends.ldap import LdapDirectory as base
@@ -317,7 +324,8 @@ class Daemon:
         old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
         self.listener.setblocking(False)
         self.log({"event": "start", "socket": self.socket_path, "pid": os.getpid(),
-                  "pool_size": self.state.config.daemon.pool_size})
+                  "pool_size": self.state.config.daemon.pool_size,
+                  "ldap_client": ldap_client_for(self.state.config)})
         try:
             while not self._stop:
                 try:
@@ -379,7 +387,7 @@ class Daemon:
         """SIGHUP: a new config for new requests; the old pool closes as its connections return."""
         try:
             config = load(self.config_path)
-            check_ldap_client(config)
+            ldap_client_for(config)
         except ConfigError as exc:
             self.log({"event": "reload", "result": "error", "error": str(exc), "kept": "old_config"})
             return
@@ -564,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     path = resolve_path(opts["config"])
     try:
         config = load(path)
-        check_ldap_client(config)
+        ldap_client_for(config)
     except ConfigError as exc:
         sys.stderr.write(f"mailmfa-authd: {exc}\n")
         return EXIT_CONFIG

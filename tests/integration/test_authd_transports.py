@@ -1,5 +1,6 @@
-"""mailmfa-authd with [daemon] ldap_client = "python-ldap": the same answers as with ldap3,
-against the same real slapd (the decisions are LdapDirectory's; only the transport differs)."""
+"""mailmfa-authd on both LDAP transports ([daemon] ldap_client = "python-ldap" and "ldap3"):
+the same answers against the same real slapd (the decisions are LdapDirectory's; only the
+transport differs). The other daemon tests run the default, "auto": python-ldap when installed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from mailmfa.daemon import protocol
 from mfa import code_at, new_secret, write_config
 from servers import free_port, wait_for_step_safe
 
-pytest.importorskip("ldap", reason="python-ldap (python3-ldap) is not installed")
+try:
+    import ldap  # noqa: F401
+    HAVE_PYTHON_LDAP = True
+except ImportError:
+    HAVE_PYTHON_LDAP = False
+needs_python_ldap = pytest.mark.skipif(not HAVE_PYTHON_LDAP, reason="python-ldap (python3-ldap) is not installed")
+CLIENTS = [pytest.param("python-ldap", marks=needs_python_ldap), "ldap3"]
 
 _n = iter(range(1, 100_000))
 
@@ -23,19 +30,21 @@ def wd(workdir_factory):
     return workdir_factory()
 
 
-def start(wd, slapd, name, **ldap_kw):
+def start(wd, slapd, name, client, **ldap_kw):
     sock = wd / f"{name}.sock"
-    cfg = write_config(wd, slapd, f"{name}.toml", tail=daemon_toml(sock, ldap_client="python-ldap"), **ldap_kw)
+    cfg = write_config(wd, slapd, f"{name}.toml", tail=daemon_toml(sock, ldap_client=client), **ldap_kw)
     server = Authd(wd / name, cfg, sock)
     server.start()
     return server, sock
 
 
-@pytest.fixture(scope="module")
-def daemon(wd, slapd):
-    server, sock = start(wd, slapd, "pl")
+@pytest.fixture(scope="module", params=CLIENTS)
+def daemon(request, wd, slapd):
+    client = request.param
+    server, sock = start(wd, slapd, f"pl-{client}", client)
     yield sock
-    assert "/_ldap." in Path(f"/proc/{server.pid}/maps").read_text()  # libldap really served
+    # libldap really served (or really did not)
+    assert ("/_ldap." in Path(f"/proc/{server.pid}/maps").read_text()) == (client == "python-ldap")
     server.stop()
 
 
@@ -82,10 +91,11 @@ def test_same_code_at_once_exactly_one_accepted(daemon, slapd):
     assert answers == [b"FAIL replay\n"] * 11 + [b"OK ok\n"]
 
 
-def test_failover_bad_service_password_and_outage(wd, slapd_factory):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_failover_bad_service_password_and_outage(wd, slapd_factory, client):
     server = slapd_factory()
     dead = f"ldap://127.0.0.1:{free_port()}"
-    d, sock = start(wd, server, "plfo", uris=[dead, server.uri])
+    d, sock = start(wd, server, f"plfo-{client}", client, uris=[dead, server.uri])
     try:
         uid, pw, secret = new_user(server)
         wait_for_step_safe()
@@ -101,12 +111,27 @@ def test_failover_bad_service_password_and_outage(wd, slapd_factory):
         d.stop()
         if not server.running:
             server.start()
-    sock = wd / "plbad.sock"
-    cfg = write_config(wd, server, "plbad.toml", tail=daemon_toml(sock, ldap_client="python-ldap"))
-    (wd / "plbad.toml.ldap.secret").write_text("wrong\n")
-    d = Authd(wd / "plbad", cfg, sock)
+    sock = wd / f"plbad-{client}.sock"
+    cfg = write_config(wd, server, f"plbad-{client}.toml", tail=daemon_toml(sock, ldap_client=client))
+    (wd / f"plbad-{client}.toml.ldap.secret").write_text("wrong\n")
+    d = Authd(wd / f"plbad-{client}", cfg, sock)
     d.start()
     try:
         assert ask(sock, protocol.lookup_request("x")) == b"TEMPFAIL service_bind_failed\n"
     finally:
         d.stop()
+
+
+def test_auto_picks_python_ldap_when_installed(wd, slapd):
+    """The default, ldap_client = "auto": the start line names the library actually used."""
+    server, sock = start(wd, slapd, "plauto", "auto")
+    try:
+        uid, pw, secret = new_user(slapd)
+        wait_for_step_safe()
+        assert ask(sock, protocol.auth_request(uid, pw + code_at(secret))) == b"OK ok\n"
+        expected = "python-ldap" if HAVE_PYTHON_LDAP else "ldap3"
+        start_line = next(line for line in server.log_path.read_text().splitlines() if "event=start" in line)
+        assert f"ldap_client={expected}" in start_line
+        assert ("/_ldap." in Path(f"/proc/{server.pid}/maps").read_text()) == HAVE_PYTHON_LDAP
+    finally:
+        server.stop()
