@@ -15,8 +15,6 @@ always a TEMPFAIL: it may have processed the login already (a retry in-process w
 see the code as replayed), and a slow daemon should not also get a second load.
 """
 
-from __future__ import annotations
-
 import os
 
 from mailmfa.daemon import protocol
@@ -68,7 +66,7 @@ def exchange(path: str, line: bytes, timeout: float) -> tuple[str, str]:
     return parsed
 
 
-def _ask(config: Config, line: bytes, user: str) -> Outcome | None:
+def _ask(config: "Config", line: bytes, user: str) -> "Outcome | None":
     from mailmfa.core.types import Outcome, Verdict
 
     d = config.daemon
@@ -86,13 +84,13 @@ def _ask(config: Config, line: bytes, user: str) -> Outcome | None:
     return Outcome(verdicts[verdict], reason, user)
 
 
-def ask_daemon(config: Config, request: Request) -> Outcome | None:
+def ask_daemon(config: "Config", request: "Request") -> "Outcome | None":
     """The daemon's answer for one login, or None when the caller should check in-process."""
     line = protocol.auth_request(request.user, request.secret, request.service, request.rip)
     return _ask(config, line, request.user)
 
 
-def lookup_daemon(config: Config, user: str) -> Outcome | None:
+def lookup_daemon(config: "Config", user: str) -> "Outcome | None":
     """userdb lookup through the daemon: ACCEPT = the user exists, REJECT = unknown user;
     None when the caller should look up in-process."""
     return _ask(config, protocol.lookup_request(user), user)

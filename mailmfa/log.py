@@ -4,9 +4,8 @@ Values are escaped so that a username full of spaces, quotes or newlines cannot
 forge a second field or a second line (log injection).
 """
 
-from __future__ import annotations
-
 import sys
+import time
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs a login ~4 ms
 if TYPE_CHECKING:
@@ -37,9 +36,28 @@ def format_line(fields: dict[str, object]) -> str:
     return "mailmfa " + " ".join(f"{k}={quote(v)}" for k, v in fields.items() if v is not None)
 
 
-def emit(fields: dict[str, object], stream: TextIO | None = None) -> None:
+def emit(fields: dict[str, object], stream: "TextIO | None" = None) -> None:
     """Write one line; a failing log write never changes a login's outcome."""
     try:
         print(format_line(fields), file=stream or sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
+
+
+class LoginLog:
+    """Collects the fields of one login and writes the single result line at the end.
+
+    Never given the password or the code: only user, client, service, result, reason.
+    """
+
+    def __init__(self, rip: str = "", service: str = "") -> None:
+        self.started = time.monotonic()
+        self.fields: dict[str, object] = {"result": None, "user": None, "rip": rip or None,
+                                          "service": service or None}
+
+    def finish(self, result: str, reason: str, code: int, **extra: object) -> int:
+        """Write the line; returns `code` so callers can `return log.finish(...)`."""
+        self.fields.update(result=result, reason=reason, **extra)
+        self.fields["ms"] = round((time.monotonic() - self.started) * 1000, 1)
+        emit(self.fields)
+        return code

@@ -20,8 +20,6 @@ would be). A request line longer than MAX_LINE bytes, or one that does not parse
 or a version mismatch, never a wrong password (mail clients drop saved passwords on those).
 """
 
-from __future__ import annotations
-
 VERSION = "MFA1"
 MAX_LINE = 8192  # bytes, newline included; a real request is well under 2 KiB
 ANSWERS = ("OK", "FAIL", "TEMPFAIL")

@@ -11,8 +11,6 @@ Reads `user\\0password\\0timestamp\\0` from fd 3, decides, and then
   - exit 2: usage error (run by hand without a reply program).
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
@@ -120,7 +118,7 @@ def run(argv: list[str], env: dict[str, str]) -> int:
         return EXIT_USAGE
     config_path, reply, socket_path = parsed
 
-    from mailmfa.entry.common import LoginLog, load_config
+    from mailmfa.log import LoginLog
 
     service = env.get("SERVICE") or env.get("AUTH_SERVICE") or ""
     rip = _remote_ip(env)
@@ -173,6 +171,7 @@ def run(argv: list[str], env: dict[str, str]) -> int:
             return conclude(verdict, reason)
 
     from mailmfa import config as cfgmod
+    from mailmfa.entry.common import load_config
 
     try:
         cfg = load_config(config_path, env)
@@ -201,7 +200,7 @@ def run(argv: list[str], env: dict[str, str]) -> int:
     return conclude(names[outcome.verdict], outcome.reason)
 
 
-def _lookup_in_process(cfg: Config, user: str) -> Outcome:
+def _lookup_in_process(cfg: "Config", user: str) -> "Outcome":
     """userdb lookup here: an Outcome (ACCEPT = the user exists)."""
     from mailmfa.backends.ports import BackendUnavailable
     from mailmfa.core.types import Outcome, Verdict

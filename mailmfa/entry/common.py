@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from mailmfa.log import LoginLog  # noqa: F401 - re-exported: the entry points' result line
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs a login ~4 ms
 if TYPE_CHECKING:
     from typing import Any
@@ -106,24 +108,3 @@ def authenticate_here(cfg: Any, req: Request) -> Outcome:
         return authenticate(req, directory, cfg, time.time())
     finally:
         directory.close()
-
-
-class LoginLog:
-    """Collects the fields of one login and writes the single result line at the end.
-
-    Never given the password or the code: only user, client, service, result, reason.
-    """
-
-    def __init__(self, rip: str = "", service: str = "") -> None:
-        self.started = time.monotonic()
-        self.fields: dict[str, object] = {"result": None, "user": None, "rip": rip or None,
-                                          "service": service or None}
-
-    def finish(self, result: str, reason: str, code: int, **extra: object) -> int:
-        """Write the line; returns `code` so callers can `return log.finish(...)`."""
-        from mailmfa import log
-
-        self.fields.update(result=result, reason=reason, **extra)
-        self.fields["ms"] = round((time.monotonic() - self.started) * 1000, 1)
-        log.emit(self.fields)
-        return code
