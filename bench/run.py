@@ -11,6 +11,8 @@ Through the same real Dovecot and slapd on loopback, IMAP LOGIN+LOGOUT with dist
   lua→authd            Dovecot's passdb lua (conf/dovecot/mailmfa.lua, blocking=yes: auth workers)
   lua→authd no worker  the same script run in the auth process itself (blocking=no)
   pam→authd            only when mailmfa/entry/pam.py exists on this branch
+  (python floor)       reference: bench/python-floor-checkpassword starts Python -IS and execs the
+                       reply, checking nothing: the least a Python checkpassword program costs
 
 Then mailmfa-authd alone: authentications/s at 1/8/64 concurrent connections, and its RSS
 after --daemon-requests requests (default 20 000; --full: 100 000).
@@ -50,6 +52,8 @@ from common import (
 from servers import Dovecot
 
 PEER = "otp overlay"
+FLOOR = "(python floor)"
+PY_FLOOR = Path(__file__).resolve().parent / "python-floor-checkpassword"
 Password = Callable[[str], str]
 
 
@@ -207,6 +211,7 @@ def main() -> None:
             "lua→authd": (ldap, f"driver = lua\nargs = file={LUA_SCRIPT} blocking=yes", lua_env, with_code),
             "lua→authd no worker": (ldap, f"driver = lua\nargs = file={LUA_SCRIPT} blocking=no", lua_env,
                                     with_code),
+            FLOOR: (ldap, f"driver = checkpassword\nargs = {PY_FLOOR}", "", password_only),
         }
         if (REPO / "mailmfa" / "entry" / "pam.py").exists():
             print("note: mailmfa/entry/pam.py exists but the pam→authd variant is not wired here yet",

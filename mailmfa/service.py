@@ -22,7 +22,7 @@ from mailmfa.core.throttle import wait_seconds
 from mailmfa.core.types import Outcome, Request, UserRecord, Verdict
 
 if TYPE_CHECKING:
-    from mailmfa.backends.state import ReuseStore
+    from mailmfa.backends.state import MemoryReuseStore, ReuseStore
 
 MAX_USER = 256
 MAX_SECRET = 512
@@ -61,12 +61,12 @@ def _switch_off_after_reset(req: Request, record: UserRecord, directory: Directo
 
 
 def authenticate(req: Request, directory: Directory, config: Config, now: float,
-                 reuse: ReuseStore | None = None) -> Outcome:
+                 reuse: ReuseStore | MemoryReuseStore | None = None) -> Outcome:
     """Decide one login. Both factors are always evaluated; the outcome names the first
     failing one for the log, and the protocol answer never tells the client which.
 
     `reuse`: the reuse store; when None and `[policy] reuse_seconds` > 0 one is opened on
-    `[policy] state_file` for this call (a resident daemon passes its own)."""
+    `[policy] state_file` for this call (mailmfa-authd passes its in-memory one)."""
     own = None
     if reuse is None and config.policy.reuse_seconds > 0 and not config.ldap.otp_overlay:
         from mailmfa.backends.state import open_reuse_store
@@ -80,7 +80,7 @@ def authenticate(req: Request, directory: Directory, config: Config, now: float,
 
 
 def _authenticate(req: Request, directory: Directory, config: Config, now: float,
-                  reuse: ReuseStore | None) -> Outcome:
+                  reuse: ReuseStore | MemoryReuseStore | None) -> Outcome:
     if not req.user or len(req.user) > MAX_USER or len(req.secret) > MAX_SECRET:
         return _refuse(req, BAD_INPUT)
     if any(ord(c) < 0x20 or c == "\x7f" for c in req.user):

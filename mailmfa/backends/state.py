@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import threading
 import time
 from typing import Any
 
@@ -145,6 +146,63 @@ class ReuseStore:
         except Exception as exc:  # noqa: BLE001
             self._problem("write", exc)
             return False
+
+
+class MemoryReuseStore:
+    """The resident daemon's reuse store: the same keyed digests, in memory, shared by its threads.
+
+    While mailmfa-authd runs it decides every login, so the entries need not outlive it; and
+    per login, opening the SQLite file and a write transaction cost more than the LDAP work.
+    The key is made at start and never leaves the process. Bounded: past MAX_ENTRIES the
+    oldest entries go first (a lost entry only means a strict replay refusal).
+    """
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(self, seconds: int) -> None:
+        self.seconds = seconds  # the daemon updates it on reload
+        self._key = os.urandom(32)
+        self._expiry: dict[bytes, float] = {}  # insertion order = expiry order: oldest first
+        self._changed = threading.Condition()
+
+    def seen(self, user: str, secret: str, rip: str, now: float, wait: float = 0.0) -> bool:
+        """As ReuseStore.seen; a waiting caller wakes as soon as another thread remembers."""
+        if not rip or self.seconds <= 0:
+            return False
+        digest = _digest(self._key, user, secret, rip)
+        deadline = time.monotonic() + wait
+        with self._changed:
+            while True:
+                expires = self._expiry.get(digest)
+                if expires is not None and expires > now:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+
+    def remember(self, user: str, secret: str, rip: str, now: float) -> bool:
+        """Record an accepted string, dropping expired (and, when full, the oldest) entries."""
+        if not rip or self.seconds <= 0:
+            return False
+        digest = _digest(self._key, user, secret, rip)
+        with self._changed:
+            entries = self._expiry
+            entries.pop(digest, None)
+            while entries:
+                oldest = next(iter(entries))
+                if entries[oldest] > now and len(entries) < self.MAX_ENTRIES:
+                    break
+                del entries[oldest]
+            entries[digest] = now + self.seconds
+            self._changed.notify_all()
+        return True
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def close(self) -> None:
+        """Nothing to release (the same interface as ReuseStore)."""
 
 
 def open_reuse_store(path: str, seconds: int) -> ReuseStore | None:

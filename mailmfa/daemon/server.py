@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from mailmfa import log
 from mailmfa.backends.ports import BackendUnavailable
+from mailmfa.backends.state import MemoryReuseStore
 from mailmfa.config import Config, ConfigError, load, resolve_path
 from mailmfa.core.types import Outcome, Request, UserRecord, Verdict
 from mailmfa.daemon import protocol
@@ -250,6 +251,9 @@ class Daemon:
         self.socket_path = config.daemon.socket
         self._stop = False
         self.served = 0
+        # kept across reloads (only its `seconds` follows the config): a reload does not
+        # forget the connections a mail client opened a moment ago
+        self.reuse = MemoryReuseStore(config.policy.reuse_seconds)
 
     # -- logging ----------------------------------------------------------------------------
     def log(self, fields: dict[str, object]) -> None:
@@ -393,6 +397,7 @@ class Daemon:
             return
         old = self.state
         self.state = _State(config, self._factory)
+        self.reuse.seconds = config.policy.reuse_seconds
         old.pool.close()
         fields: dict[str, object] = {"event": "reload", "result": "ok"}
         if config.daemon.socket != old.config.daemon.socket or config.daemon.group != old.config.daemon.group:
@@ -480,7 +485,9 @@ class Daemon:
             fields: dict[str, object] = {"lookup": "userdb"}
         else:
             req = Request(*args)
-            outcome = self._run(state, req.user, lambda d: authenticate(req, d, state.config, time.time()))
+            cfg = state.config
+            reuse = self.reuse if cfg.policy.reuse_seconds > 0 and not cfg.ldap.otp_overlay else None
+            outcome = self._run(state, req.user, lambda d: authenticate(req, d, cfg, time.time(), reuse))
             fields = {"rip": req.rip or None, "service": req.service or None}
         self.served += 1
         verdict = {Verdict.ACCEPT: "OK", Verdict.REJECT: "FAIL"}.get(outcome.verdict, "TEMPFAIL")

@@ -254,6 +254,32 @@ def test_warm_connection_survives_slapd_restart_and_outage_is_temporary(authd, s
     assert ask(sock, protocol.auth_request(uid, pw + code_at(secret))) == b"OK ok\n"
 
 
+def test_reuse_window_is_kept_in_memory_and_survives_reload(workdir_factory, slapd):
+    """[policy] reuse_seconds through the daemon: the same password+code from the same client
+    within the window is accepted again (a mail client's parallel connections), from another
+    address it is a replay; the daemon keeps the entries in memory, never in state_file."""
+    wd = workdir_factory()
+    s = wd / "reuse.sock"
+    state_file = wd / "never.db"
+    cfg = write_config(wd, slapd, reuse_seconds=60, state_file=state_file, tail=daemon_toml(s))
+    server = Authd(wd / "authd", cfg, s)
+    server.start()
+    try:
+        uid, pw, secret = new_user(slapd, "reuse")
+        wait_for_step_safe()
+        line = protocol.auth_request(uid, pw + code_at(secret), "imap", "192.0.2.10")
+        assert ask(s, line) == b"OK ok\n"
+        assert ask(s, line) == b"OK reused\n"
+        assert ask(s, protocol.auth_request(uid, pw + code_at(secret), "imap", "192.0.2.11")) == b"FAIL replay\n"
+        server.hup()
+        poll_until(lambda: "event=reload result=ok" in server.log_text(), 5, "reload")
+        assert ask(s, line) == b"OK reused\n"
+        assert not state_file.exists()
+        assert "state_unavailable" not in server.log_text()
+    finally:
+        server.stop()
+
+
 def test_reload_on_sighup_keeps_old_config_when_new_is_bad_and_sigterm_cleans_up(
         workdir_factory, slapd):
     wd = workdir_factory()

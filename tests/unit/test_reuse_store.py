@@ -3,7 +3,7 @@
 import os
 import stat
 
-from mailmfa.backends.state import ReuseStore, open_reuse_store
+from mailmfa.backends.state import MemoryReuseStore, ReuseStore, open_reuse_store
 
 NOW = 1_800_000_000.0
 
@@ -76,3 +76,57 @@ def test_symlink_is_not_followed(tmp_path, capsys):
     assert not s.remember("alice", "pw123456", "192.0.2.1", NOW)
     assert target.read_text() == "keep me"
     assert "state_unavailable" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the daemon's, in memory
+
+def test_memory_store_same_rules_as_the_file():
+    s = MemoryReuseStore(60)
+    assert not s.seen("alice", "pw123456", "192.0.2.1", NOW)
+    assert s.remember("alice", "pw123456", "192.0.2.1", NOW)
+    assert s.seen("alice", "pw123456", "192.0.2.1", NOW + 59)
+    assert not s.seen("alice", "pw123456", "192.0.2.1", NOW + 60)  # expired
+    assert not s.seen("alice", "pw123456", "192.0.2.2", NOW)  # other IP
+    assert not s.seen("alice", "pw123457", "192.0.2.1", NOW)  # other string
+    assert not s.seen("alicepw", "123456", "192.0.2.1", NOW)  # no field-boundary collisions
+    assert not s.remember("bob", "pw123456", "", NOW)  # no IP, no reuse
+    s.seconds = 0  # reloaded with reuse off
+    assert not s.seen("alice", "pw123456", "192.0.2.1", NOW + 1)
+
+
+def test_memory_store_holds_digests_only_and_purges_expired():
+    s = MemoryReuseStore(60)
+    s.remember("alice", "pw123456", "192.0.2.1", NOW)
+    s.remember("bob", "pw654321", "192.0.2.1", NOW + 1)
+    held = b"".join(s._expiry)
+    assert b"alice" not in held and b"123456" not in held and b"192.0.2.1" not in held
+    s.remember("carol", "pw111111", "192.0.2.1", NOW + 60.5)  # alice expired: dropped
+    assert len(s) == 2
+    s.remember("dave", "pw222222", "192.0.2.1", NOW + 200)  # bob and carol expired too
+    assert len(s) == 1
+
+
+def test_memory_store_is_bounded_oldest_first(monkeypatch):
+    monkeypatch.setattr(MemoryReuseStore, "MAX_ENTRIES", 3)
+    s = MemoryReuseStore(60)
+    for i in range(5):
+        s.remember(f"u{i}", "pw123456", "192.0.2.1", NOW + i)
+    assert len(s) == 3
+    assert not s.seen("u0", "pw123456", "192.0.2.1", NOW + 5)
+    assert s.seen("u4", "pw123456", "192.0.2.1", NOW + 5)
+
+
+def test_memory_store_waiter_wakes_when_the_winner_remembers():
+    import threading
+    import time
+
+    s = MemoryReuseStore(60)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(s.seen("alice", "pw123456", "192.0.2.1", NOW, wait=5)))
+    started = time.monotonic()
+    waiter.start()
+    time.sleep(0.1)
+    s.remember("alice", "pw123456", "192.0.2.1", NOW)
+    waiter.join(5)
+    assert got == [True] and time.monotonic() - started < 2
+    assert not s.seen("bob", "pw123456", "192.0.2.1", NOW, wait=0.05)  # times out: False
