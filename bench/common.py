@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import pwd
 import socket
 import statistics
 import struct
@@ -57,10 +58,17 @@ def write_config(workdir: Path, ldap: Slapd, name: str, daemon: str = "") -> Pat
     secret = workdir / f"{name}.secret"
     secret.write_text(ldap.service_password + "\n")
     secret.chmod(0o644)
+    # the reuse store ([policy] reuse_seconds, default 60) where the per-login programs, run
+    # by Dovecot as `dovecot`, can write it, as in a real installation's /var/lib/mailmfa
+    state = workdir / "state"
+    state.mkdir(exist_ok=True)
+    pw = pwd.getpwnam("dovecot")
+    os.chown(state, pw.pw_uid, pw.pw_gid)
     path = workdir / name
     path.write_text(
         f'[ldap]\nuris = ["{ldap.uri}"]\nbind_dn = "{ldap.service_dn}"\n'
         f'bind_password_file = "{secret}"\nuser_base = "ou=people,{ldap.suffix}"\ntimeout = 3\n'
+        f'[policy]\nstate_file = "{state}/state.db"\n'
         f"{daemon}"
     )
     path.chmod(0o644)
