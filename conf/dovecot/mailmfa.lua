@@ -120,10 +120,12 @@ function auth_password_verify(req, pass)
     req:log_error("mailmfa-authd: unexpected answer")
     return dovecot.auth.PASSDB_RESULT_INTERNAL_FAILURE, "mailmfa-authd: bad answer"
   end
-  req:log_info("mailmfa result=" .. string.lower(verdict) .. " reason=" .. reason)
   if result == dovecot.auth.PASSDB_RESULT_OK then
+    -- mailmfa-authd logs every login (user, client, reason, time): one line per success is
+    -- enough, and a second one costs Dovecot's log process on every login
     return result, ""
   end
+  req:log_info("mailmfa result=" .. string.lower(verdict) .. " reason=" .. reason)
   return result, "mailmfa " .. reason
 end
 

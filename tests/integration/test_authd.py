@@ -310,7 +310,7 @@ def test_reload_on_sighup_keeps_old_config_when_new_is_bad_and_sigterm_cleans_up
 
 # --------------------------------------------------------------------------- Dovecot Lua passdb
 
-def test_lua_passdb_imap_login(lua_dovecot, slapd):
+def test_lua_passdb_imap_login(lua_dovecot, authd, slapd):
     uid, pw, secret = new_user(slapd, "lua")
     wait_for_step_safe()
     code = code_at(secret)
@@ -323,9 +323,11 @@ def test_lua_passdb_imap_login(lua_dovecot, slapd):
     res = lua_dovecot.pop3_login(uid, "nope", source_ip="127.0.0.25")
     assert not res.ok and not res.tempfail, res.text
     log = lua_dovecot.log_text()
-    assert "db-lua: mailmfa result=ok reason=ok" in log
+    # failures are named in Dovecot's log; every login, success included, in the daemon's
     assert "db-lua: mailmfa result=fail reason=replay" in log
-    assert pw not in log
+    assert "db-lua: mailmfa result=ok" not in log
+    assert f"result=ok user={uid} rip=127.0.0.21 service=imap reason=ok via=authd" in authd.log_text()
+    assert pw not in log and pw not in authd.log_text()
 
 
 def test_lua_keeps_its_connection_and_survives_the_idle_drop(lua_dovecot, authd, slapd):
