@@ -21,9 +21,10 @@ sys.path.insert(0, str(REPO))
 from servers import Slapd, make_workdir, poll_until, remove_workdir  # noqa: E402
 
 SHIM = REPO / "checkpassword" / "mailmfa-checkpassword"
+PAM_SHIM = REPO / "checkpassword" / "mailmfa-pam"  # the same shim; the name picks mailmfa.entry.pam
 LUA_SCRIPT = REPO / "conf" / "dovecot" / "mailmfa.lua"
 
-__all__ = ["LUA_SCRIPT", "REPO", "SHIM", "Slapd", "make_workdir", "poll_until", "remove_workdir"]
+__all__ = ["LUA_SCRIPT", "PAM_SHIM", "REPO", "SHIM", "Slapd", "make_workdir", "poll_until", "remove_workdir"]
 
 
 def venv_bin(name: str) -> str:
@@ -73,6 +74,26 @@ def write_config(workdir: Path, ldap: Slapd, name: str, daemon: str = "") -> Pat
     )
     path.chmod(0o644)
     return path
+
+
+def pam_authd_passdb(workdir: Path, sock: Path, config: Path) -> str | None:
+    """The `passdb pam` body for pam→authd: a PAM service from conf/pam.d/mailmfa's commented
+    fast line (pam_exec -> checkpassword/mailmfa-pam --socket SOCK), written to /etc/pam.d under
+    a unique name. None when not root (it cannot be written). remove_pam_services() removes it
+    (and so does exit)."""
+    if os.geteuid() != 0:
+        return None
+    import syspam
+    from pamface import fast_exec_service_text, passdb_pam
+
+    text = fast_exec_service_text(config, workdir / "pam.log", str(PAM_SHIM), sock)
+    return passdb_pam(syspam.add_pam_service(text, prefix="mmbench"))
+
+
+def remove_pam_services() -> None:
+    """Remove the PAM services pam_authd_passdb() wrote."""
+    if "syspam" in sys.modules:
+        sys.modules["syspam"]._cleanup()
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -10,7 +10,8 @@ Through the same real Dovecot and slapd on loopback, IMAP LOGIN+LOGOUT with dist
   checkpassword --socket   the same with --socket PATH: asks before reading any config
   lua→authd            Dovecot's passdb lua (conf/dovecot/mailmfa.lua, blocking=yes: auth workers)
   lua→authd no worker  the same script run in the auth process itself (blocking=no)
-  pam→authd            only when mailmfa/entry/pam.py exists on this branch
+  pam→authd            Dovecot's passdb pam -> pam_exec -> checkpassword/mailmfa-pam --socket (root only:
+                       writes a PAM service under /etc/pam.d, removed at the end)
   (python floor)       reference: bench/python-floor-checkpassword starts Python -IS and execs the
                        reply, checking nothing: the least a Python checkpassword program costs
 
@@ -35,13 +36,14 @@ from pathlib import Path
 
 from common import (
     LUA_SCRIPT,
-    REPO,
     SHIM,
     AuthdProcess,
     Slapd,
     make_workdir,
     median,
+    pam_authd_passdb,
     percentile,
+    remove_pam_services,
     remove_workdir,
     secret_of,
     totp,
@@ -213,9 +215,8 @@ def main() -> None:
                                     with_code),
             FLOOR: (ldap, f"driver = checkpassword\nargs = {PY_FLOOR}", "", password_only),
         }
-        if (REPO / "mailmfa" / "entry" / "pam.py").exists():
-            print("note: mailmfa/entry/pam.py exists but the pam→authd variant is not wired here yet",
-                  file=sys.stderr)
+        if pam_passdb := pam_authd_passdb(wd, sock, client_cfg):
+            variants["pam→authd"] = (ldap, pam_passdb, "", with_code)
         only = {x.strip() for x in args.only.split(",") if x.strip()}
         chosen = {name: v for name, v in variants.items() if not only or name in only}
         # every variant's Dovecot runs at once and the cells go in rounds (A B C ... A B C ...),
@@ -242,6 +243,7 @@ def main() -> None:
     finally:
         for s in reversed(servers):
             s.stop()
+        remove_pam_services()
         remove_workdir(wd)
     if args.json:
         print(json.dumps({"imap": results, "authd": daemon_results}, indent=2))
@@ -357,8 +359,8 @@ def print_tables(results: dict, daemon: dict, levels: list[int], args: argparse.
             p50 = r["p50"] / peer["p50"] if peer else float("nan")
             print(f"{name:24s} {c:7d} {r['per_s']:9.1f} {r['p50']:7.1f} {r['p95']:7.1f} {r['p99']:7.1f} "
                   f"{r['fails']:5d} {thr:7.2f}x {p50:7.2f}x")
-    if "pam→authd" not in results:
-        print("pam→authd: not measured (the PAM entry is not on this branch)")
+    if "pam→authd" not in results and os.geteuid() != 0:
+        print("pam→authd: not measured (needs root: it writes a PAM service under /etc/pam.d)")
     if daemon:
         print(f"\nmailmfa-authd alone, ldap_client = {args.ldap_client} (successful 2FA logins of distinct "
               "users, persistent connections)")

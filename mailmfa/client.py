@@ -66,22 +66,32 @@ def exchange(path: str, line: bytes, timeout: float) -> tuple[str, str]:
     return parsed
 
 
+def ask_socket(path: str, line: bytes, timeout: float = DEFAULT_TIMEOUT) -> "tuple[str, str] | None":
+    """(verdict, reason) from the daemon at `path`, or None when it could not be reached
+    (nothing was sent: the caller may check elsewhere). A daemon that was reached but gave
+    no usable answer is ("TEMPFAIL", NO_ANSWER or BAD_ANSWER): never retried elsewhere.
+    The --socket fast path of the per-login programs: needs no config."""
+    try:
+        return exchange(path, line, timeout)
+    except Unreachable:
+        return None
+    except TimeoutError:
+        return "TEMPFAIL", NO_ANSWER
+    except (OSError, ValueError):
+        return "TEMPFAIL", BAD_ANSWER
+
+
 def _ask(config: "Config", line: bytes, user: str) -> "Outcome | None":
     from mailmfa.core.types import Outcome, Verdict
 
     d = config.daemon
     if d.use == "never" or (d.use == "auto" and not os.path.exists(d.socket)):
         return None
-    try:
-        verdict, reason = exchange(d.socket, line, d.timeout)
-    except Unreachable:
+    answer = ask_socket(d.socket, line, d.timeout)
+    if answer is None:
         return None if d.fallback else Outcome(Verdict.TEMPFAIL, UNREACHABLE, user)
-    except TimeoutError:
-        return Outcome(Verdict.TEMPFAIL, NO_ANSWER, user)
-    except (OSError, ValueError):
-        return Outcome(Verdict.TEMPFAIL, BAD_ANSWER, user)
     verdicts = {"OK": Verdict.ACCEPT, "FAIL": Verdict.REJECT, "TEMPFAIL": Verdict.TEMPFAIL}
-    return Outcome(verdicts[verdict], reason, user)
+    return Outcome(verdicts[answer[0]], answer[1], user)
 
 
 def ask_daemon(config: "Config", request: "Request") -> "Outcome | None":

@@ -158,17 +158,12 @@ def run(argv: list[str], env: dict[str, str]) -> int:
         from mailmfa.daemon import protocol
 
         line = protocol.lookup_request(user) if lookup else protocol.auth_request(user, secret, service, rip)
-        try:
-            verdict, reason = client.exchange(socket_path, line, client.DEFAULT_TIMEOUT)
-        except client.Unreachable:
+        answer = client.ask_socket(socket_path, line)
+        if answer is None:
             tried_socket = True
-        except TimeoutError:
-            return finish("tempfail", client.NO_ANSWER, EXIT_TEMPFAIL, via="authd")
-        except (OSError, ValueError):
-            return finish("tempfail", client.BAD_ANSWER, EXIT_TEMPFAIL, via="authd")
         else:
             logline.fields["via"] = "authd"
-            return conclude(verdict, reason)
+            return conclude(*answer)
 
     from mailmfa import config as cfgmod
     from mailmfa.entry.common import load_config

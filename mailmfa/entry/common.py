@@ -71,9 +71,12 @@ def build_token_admin(cfg: Any) -> Any:
 
 
 def check_in_process(req: Request, config_path: str | None, env: dict[str, str],
-                     extra: dict[str, object] | None = None) -> Outcome:
+                     extra: dict[str, object] | None = None, daemon_down: bool = False) -> Outcome:
     """Load the config, ask the resident daemon when `[daemon] use` says so, else build the
     backends and run authenticate() here.
+
+    `daemon_down`: the caller already found the daemon unreachable (--socket PATH), so it
+    is not asked again and `[daemon] fallback` alone decides: check here, or TEMPFAIL.
 
     A config problem is a temporary failure (reason=config_error, the message in
     `extra["error"]`), never a refusal: an admin's typo must not make clients drop
@@ -89,8 +92,12 @@ def check_in_process(req: Request, config_path: str | None, env: dict[str, str],
             extra["error"] = str(exc)
         return Outcome(Verdict.TEMPFAIL, "config_error", req.user)
 
-    from mailmfa.client import ask_daemon
+    from mailmfa.client import UNREACHABLE, ask_daemon
 
+    if daemon_down:
+        if not cfg.daemon.fallback:
+            return Outcome(Verdict.TEMPFAIL, UNREACHABLE, req.user)
+        return authenticate_here(cfg, req)
     outcome = ask_daemon(cfg, req)
     if outcome is not None:
         if extra is not None:

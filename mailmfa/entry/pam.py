@@ -1,7 +1,7 @@
 """PAM entry point, run by pam_exec (any PAM-using service: Dovecot 2.3/2.4 `passdb pam`,
 saslauthd, ...):
 
-    auth    required  pam_exec.so expose_authtok quiet /usr/bin/mailmfa-pam [--config FILE]
+    auth    required  pam_exec.so expose_authtok quiet /usr/bin/mailmfa-pam [--config FILE] [--socket PATH]
 
 pam_exec gives the password+code on stdin (at most 511 bytes; Linux-PAM < 1.4 appended
 a NUL), the user in PAM_USER, the client address in PAM_RHOST, the PAM service in
@@ -12,16 +12,21 @@ PAM_TYPE: only `auth` (or no PAM_TYPE, when run by hand) runs the check. `accoun
 made in the auth stack, and Dovecot's passdb pam always calls the account stack after
 it. `password` (a password change) and anything unknown exit 1: mailmfa changes no
 passwords, and an unexpected use must not succeed.
+
+--socket PATH: ask mailmfa-authd at PATH before reading any config (the same fast path as
+mailmfa-checkpassword --socket: no config, no dataclasses, no typing, no LDAP stack); the
+config is read only when the daemon cannot be reached, and `[daemon] fallback` decides.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs a login ~4 ms
+if TYPE_CHECKING:  # annotations only: the login path imports these lazily
     from mailmfa.core.types import Outcome, Request
+    from mailmfa.entry.common import LoginLog
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -32,7 +37,7 @@ MAX_AUTHTOK = 511  # PAM_MAX_RESP_SIZE - 1: what pam_exec can send
 NEUTRAL_TYPES = frozenset({"account", "open_session", "close_session"})
 
 USAGE = """\
-usage: mailmfa-pam [--config FILE]
+usage: mailmfa-pam [--config FILE] [--socket PATH]
 
 Checks a login (password with the authenticator code appended) for pam_exec:
 
@@ -43,6 +48,12 @@ Reads the password+code from standard input (at most 511 bytes; one trailing NUL
 is ignored), the user from PAM_USER, the client address from PAM_RHOST and the
 service from PAM_SERVICE. Config: --config FILE, else $MAILMFA_CONFIG, else
 /etc/mailmfa/mailmfa.toml.
+
+When mailmfa-authd runs, the login is sent to it ([daemon] use = "auto": when its
+socket exists). --socket PATH is the fast way: ask the daemon at PATH before even
+reading the config, which is then read only if the daemon cannot be reached
+([daemon] fallback decides: check here, or fail temporarily). A daemon that was
+reached but did not answer in time is a temporary failure.
 
 PAM_TYPE=auth (or unset) runs the check; account, open_session and close_session
 exit 0 at once (the auth stack decided); password and any other type exit 1.
@@ -73,32 +84,35 @@ def read_authtok(fd: int = 0, limit: int = MAX_AUTHTOK) -> bytes | None:
     return data
 
 
-def _parse_argv(argv: list[str]) -> str | tuple[str | None]:
-    """(config path or None,) or a string naming the usage problem."""
-    config = None
+def _parse_argv(argv: list[str]) -> str | tuple[str | None, str | None]:
+    """(config path, daemon socket), each None when not given, or a string naming the
+    usage problem."""
+    opts: dict[str, str | None] = {"--config": None, "--socket": None}
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--config":
-            if i + 1 >= len(argv):
-                return "--config needs a FILE"
-            config = argv[i + 1]
-            i += 2
-        elif arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
+        name = arg.split("=", 1)[0]
+        if name in opts and "=" in arg:
+            opts[name] = arg.split("=", 1)[1]
             i += 1
+        elif name in opts:
+            if i + 1 >= len(argv):
+                return f"{arg} needs a {'FILE' if arg == '--config' else 'PATH'}"
+            opts[name] = argv[i + 1]
+            i += 2
         else:
             return f"unexpected argument {arg}"
-    return (config,)
+    return opts["--config"], opts["--socket"]
 
 
 def decide(req: Request, config_path: str | None, env: dict[str, str],
-           extra: dict[str, object]) -> Outcome:
+           extra: dict[str, object], daemon_down: bool = False) -> Outcome:
     """The verdict for `req`, for mailmfa-pam and the pam_python module alike: the resident
-    daemon's when `[daemon] use` says to ask it (see check_in_process), else decided here."""
+    daemon's when `[daemon] use` says to ask it (see check_in_process), else decided here.
+    `daemon_down`: --socket found no daemon; `[daemon] fallback` decides."""
     from mailmfa.entry.common import check_in_process
 
-    return check_in_process(req, config_path, env, extra)
+    return check_in_process(req, config_path, env, extra, daemon_down)
 
 
 def run(argv: list[str], env: dict[str, str], stdin_fd: int = 0) -> int:
@@ -115,7 +129,7 @@ def run(argv: list[str], env: dict[str, str], stdin_fd: int = 0) -> int:
     if isinstance(parsed, str):
         sys.stderr.write(f"mailmfa-pam: {parsed}\n")
         return EXIT_USAGE
-    (config_path,) = parsed
+    config_path, socket_path = parsed
 
     pam_type = env.get("PAM_TYPE", "auth")
     if pam_type in NEUTRAL_TYPES:
@@ -143,16 +157,32 @@ def run(argv: list[str], env: dict[str, str], stdin_fd: int = 0) -> int:
     except UnicodeDecodeError:
         return logline.finish("fail", "bad_input", EXIT_FAIL)
 
-    from mailmfa.core.types import Request, Verdict
+    if socket_path:  # fast path: no config, no dataclasses, no LDAP stack
+        from mailmfa import client
+        from mailmfa.daemon import protocol
+
+        answer = client.ask_socket(socket_path, protocol.auth_request(user, secret, service, rip))
+        if answer is not None:
+            return _conclude(logline, answer[0], answer[1], {"via": "authd"})
+
+    from mailmfa.core.types import Request
 
     extra: dict[str, object] = {}
-    outcome = decide(Request(user, secret, service, rip), config_path, env, extra)
-    verdict, reason = outcome.verdict, outcome.reason
-    if verdict is Verdict.ACCEPT:
-        return logline.finish("ok", reason, EXIT_OK, **extra)
-    if verdict is Verdict.TEMPFAIL:
-        return logline.finish("tempfail", reason, EXIT_TEMPFAIL, **extra)
-    return logline.finish("fail", reason, EXIT_FAIL, **extra)
+    outcome = decide(Request(user, secret, service, rip), config_path, env, extra, daemon_down=bool(socket_path))
+    return _conclude(logline, outcome.verdict.name, outcome.reason, extra)
+
+
+_RESULTS = {  # the daemon's answer words and Verdict names alike
+    "OK": ("ok", EXIT_OK), "ACCEPT": ("ok", EXIT_OK),
+    "TEMPFAIL": ("tempfail", EXIT_TEMPFAIL),
+}
+
+
+def _conclude(logline: LoginLog, verdict: str, reason: str, extra: dict[str, object]) -> int:
+    """The log line and exit status for a verdict; anything but OK/ACCEPT and TEMPFAIL is a
+    failure (fail closed)."""
+    result, code = _RESULTS.get(verdict, ("fail", EXIT_FAIL))
+    return logline.finish(result, reason, code, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,37 @@ def exec_service_text(config: Path, log: Path, exe: str) -> str:
     return text
 
 
+def fast_exec_service_text(config: Path, log: Path, exe: str, socket_path: Path) -> str:
+    """conf/pam.d/mailmfa with its commented `--socket` line in use instead of the default one."""
+    lines = []
+    for line in exec_service_text(config, log, exe).splitlines():
+        if line.startswith("auth") and "pam_exec.so" in line:
+            line = "# " + line
+        elif line.startswith("#auth") and "--socket" in line:
+            line = line[1:].replace("/run/mailmfa/authd.sock", str(socket_path))
+        lines.append(line)
+    text = "\n".join(lines) + "\n"
+    assert f"{exe} --socket {socket_path} --config {config}" in text, "conf/pam.d/mailmfa changed shape"
+    return text
+
+
+def pam_shim(dest: Path) -> Path:
+    """checkpassword/mailmfa-pam (the -IS shim, a symlink to mailmfa-checkpassword) with the
+    package beside it, copied into `dest`: what pam_exec runs must be reachable wherever the
+    checkout sits (as root in Dovecot's auth worker it is, but a copy costs nothing and is the
+    unpacked-tarball layout the shim supports)."""
+    import os
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    dest.chmod(0o755)
+    shutil.copytree(REPO_ROOT / "mailmfa", dest / "mailmfa", ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "checkpassword").mkdir(mode=0o755)
+    shutil.copy2(REPO_ROOT / "checkpassword" / "mailmfa-checkpassword", dest / "checkpassword")
+    os.symlink("mailmfa-checkpassword", dest / "checkpassword" / "mailmfa-pam")
+    return dest / "checkpassword" / "mailmfa-pam"
+
+
 def python_service_text(config: Path) -> str:
     """conf/pam.d/mailmfa-pam-python as shipped, pointed at this checkout's module."""
     text = (PAM_CONF / "mailmfa-pam-python").read_text()

@@ -91,3 +91,67 @@ def test_main_turns_any_exception_into_tempfail(monkeypatch):
     with pytest.raises(SystemExit) as exc:
         entry.main([])
     assert exc.value.code == 111
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--socket", "/run/a.sock"], (None, "/run/a.sock")),
+    (["--socket=/run/a.sock", "--config", "/etc/m.toml"], ("/etc/m.toml", "/run/a.sock")),
+    (["--config=/etc/m.toml"], ("/etc/m.toml", None)),
+    (["--socket"], "--socket needs a PATH"),
+    (["--sockets", "/x"], "unexpected argument --sockets"),
+])
+def test_parse_argv(argv, expected):
+    assert entry._parse_argv(argv) == expected
+
+
+def _answering(tmp_path, answer: bytes):
+    """A UNIX socket that reads one request and answers `answer` (the daemon's side of one
+    exchange, to test the entry's mapping without a directory behind it)."""
+    import socket
+    import threading
+
+    path = tmp_path / "d.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(1)
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(answer)
+        srv.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return path
+
+
+@pytest.mark.parametrize("answer,code,words", [
+    (b"OK ok\n", 0, "result=ok user=alice rip=192.0.2.1 reason=ok via=authd"),
+    (b"FAIL bad_code\n", 1, "result=fail user=alice rip=192.0.2.1 reason=bad_code via=authd"),
+    (b"TEMPFAIL ldap_unavailable\n", 111, "result=tempfail user=alice rip=192.0.2.1 reason=ldap_unavailable"),
+    (b"YES\n", 111, "reason=daemon_bad_answer via=authd"),
+    (b"", 111, "reason=daemon_bad_answer via=authd"),
+])
+def test_socket_answers_map_to_exit_codes_without_reading_config(tmp_path, capsys, answer, code, words):
+    sock = _answering(tmp_path, answer)
+    env = {"PAM_TYPE": "auth", "PAM_USER": "alice", "PAM_RHOST": "192.0.2.1"}
+    argv = ["--socket", str(sock), "--config", "/nonexistent/mailmfa.toml"]
+    assert _run(env, b"pw123456", argv) == code
+    err = capsys.readouterr().err
+    assert words in err and "config_error" not in err and "pw123456" not in err
+
+
+def test_unreachable_socket_reads_the_config(tmp_path, capsys):
+    import socket
+
+    stale = tmp_path / "stale.sock"  # a socket file nobody listens on
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(stale))
+    env = {"PAM_TYPE": "auth", "PAM_USER": "alice"}
+    assert _run(env, b"pw123456", ["--socket", str(stale), "--config", "/nonexistent/mailmfa.toml"]) == 111
+    assert "reason=config_error" in capsys.readouterr().err
+
+
+def test_socket_is_not_asked_for_neutral_types(tmp_path):
+    assert _run({"PAM_TYPE": "account", "PAM_USER": "alice"}, b"", ["--socket", str(tmp_path / "none")]) == 0
