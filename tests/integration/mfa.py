@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import secrets
 import subprocess
@@ -58,6 +59,19 @@ state_file = "{state_file or workdir / (name + '.state.db')}"
 
 def new_secret() -> bytes:
     return secrets.token_bytes(20)
+
+
+_uids = itertools.count(1)
+
+
+def token_user(slapd: Slapd, prefix: str, *, token: bool = True, token_on_user: bool = True,
+               ) -> tuple[str, str, bytes | None]:
+    """A new user `<prefix><n>` with password `pw-<uid>` and (unless token=False) a fresh
+    TOTP token: (uid, password, secret)."""
+    uid = f"{prefix}{next(_uids)}"
+    secret = new_secret() if token else None
+    slapd.add_user(uid, "pw-" + uid, secret, token_on_user=token_on_user)
+    return uid, "pw-" + uid, secret
 
 
 def code_at(secret: bytes, when: float | None = None, digits: int = 6) -> str:

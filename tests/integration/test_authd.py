@@ -14,7 +14,7 @@ import pytest
 
 from authd import Authd, ask, authd_bin, daemon_toml, lua_passdb, race
 from mailmfa.daemon import protocol
-from mfa import checkpassword_bin, code_at, new_secret, run_checkpassword, write_config
+from mfa import checkpassword_bin, code_at, run_checkpassword, token_user, write_config
 from servers import Dovecot, poll_until, wait_for_step_safe
 
 HAS_CHECKPASSWORD = Dovecot.has_checkpassword()
@@ -37,10 +37,8 @@ def config(workdir, slapd, sock):
 
 @pytest.fixture(scope="module")
 def authd(workdir, config, sock):
-    server = Authd(workdir / "authd", config, sock)
-    server.start()
-    yield server
-    server.stop()
+    with Authd(workdir / "authd", config, sock) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +59,7 @@ _n = iter(range(1, 100_000))
 
 
 def new_user(slapd, prefix="d"):
-    uid = f"{prefix}{next(_n)}"
-    secret = new_secret()
-    slapd.add_user(uid, "pw-" + uid, secret)
-    return uid, "pw-" + uid, secret
+    return token_user(slapd, prefix)
 
 
 def wrong(code: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from authd import Authd, ask, daemon_toml, race
 from mailmfa.daemon import protocol
-from mfa import code_at, new_secret, write_config
+from mfa import code_at, token_user, write_config
 from servers import free_port, wait_for_step_safe
 
 try:
@@ -49,10 +49,7 @@ def daemon(request, wd, slapd):
 
 
 def new_user(slapd, token_on_user=True):
-    uid = f"pl{next(_n)}"
-    secret = new_secret()
-    slapd.add_user(uid, "pw-" + uid, secret, token_on_user=token_on_user)
-    return uid, "pw-" + uid, secret
+    return token_user(slapd, "pl", token_on_user=token_on_user)
 
 
 def test_same_answers_as_ldap3(daemon, slapd):

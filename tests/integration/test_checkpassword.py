@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from mfa import checkpassword_bin, code_at, fd3_argv, new_secret, run_checkpassword, write_config
+from mfa import checkpassword_bin, code_at, fd3_argv, new_secret, run_checkpassword, token_user, write_config
 from servers import Dovecot, wait_for_step_safe
 
 HAS_CHECKPASSWORD = Dovecot.has_checkpassword()
@@ -25,10 +25,7 @@ _n = iter(range(1, 10_000))
 
 
 def user_with_token(slapd, *, token_on_user=True, prefix="u"):
-    uid = f"{prefix}{next(_n)}"
-    secret = new_secret()
-    slapd.add_user(uid, "pw-" + uid, secret, token_on_user=token_on_user)
-    return uid, "pw-" + uid, secret
+    return token_user(slapd, prefix, token_on_user=token_on_user)
 
 
 # --------------------------------------------------------------------------- direct protocol

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 import syspam
-from mfa import code_at, new_secret, write_config
+from mfa import code_at, token_user, write_config
 from pamface import exec_service_text, pam_bin, passdb_pam, python_service_text
 from servers import free_port, wait_for_step_safe
 
@@ -21,7 +21,6 @@ pytestmark = [
 ]
 
 VARIANTS = ["exec", "python"]
-_n = iter(range(1, 10_000))
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +61,7 @@ def _log(workdir, proc, variant):
 
 
 def _user(slapd, token=True):
-    uid = f"p{next(_n)}"
-    secret = new_secret() if token else None
-    slapd.add_user(uid, "pw-" + uid, secret)
-    return uid, "pw-" + uid, secret
+    return token_user(slapd, "p", token=token)
 
 
 # --------------------------------------------------------------------------- pamtester

@@ -12,7 +12,7 @@ import pytest
 
 import syspam
 from authd import Authd, daemon_toml
-from mfa import code_at, new_secret, write_config
+from mfa import code_at, token_user, write_config
 from pamface import fast_exec_service_text, pam_shim, passdb_pam
 from servers import wait_for_step_safe
 
@@ -22,7 +22,6 @@ pytestmark = [
                        reason="dovecot is not installed"),
 ]
 
-_n = iter(range(1, 100_000))
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +36,8 @@ def config(workdir, slapd, sock):
 
 @pytest.fixture(scope="module")
 def authd(workdir, config, sock):
-    server = Authd(workdir / "authd", config, sock)
-    server.start()
-    yield server
-    server.stop()
+    with Authd(workdir / "authd", config, sock) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +57,7 @@ def dovecot(dovecot_factory, workdir, config, sock, shim, pam_log, authd):
 
 
 def new_user(slapd):
-    uid = f"pa{next(_n)}"
-    secret = new_secret()
-    slapd.add_user(uid, "pw-" + uid, secret)
-    return uid, "pw-" + uid, secret
+    return token_user(slapd, "pa")
 
 
 def wrong(code: str) -> str:
