@@ -343,6 +343,27 @@ def daemon_cell(sock: Path, names: list[str], conns: int, seconds: float) -> dic
             "not_ok": bad[0]}
 
 
+# issue #7's goals, as ratios to the peer in the same run: (variant, clients, what, limit)
+GOALS = [("lua→authd", 8, "p50", 1.1), ("lua→authd", 8, "throughput", 1.0),
+         ("checkpassword --socket", 1, "p50", 2.0), ("checkpassword --socket", 8, "p50", 2.0)]
+
+
+def goal_lines(results: dict, levels: list[int]) -> list[str]:
+    """One line per goal whose cells were measured: the ratio, the limit, met or not."""
+    out = []
+    for name, clients, what, limit in GOALS:
+        cell, peer = results.get(name, {}).get(clients), results.get(PEER, {}).get(clients)
+        if cell is None or peer is None or clients not in levels:
+            continue
+        if what == "p50":
+            ratio, ok, rel = cell["p50"] / peer["p50"], cell["p50"] / peer["p50"] <= limit, "<="
+        else:
+            ratio, ok, rel = cell["per_s"] / peer["per_s"], cell["per_s"] / peer["per_s"] >= limit, ">="
+        out.append(f"goal: {name} at {clients} clients: {what} {ratio:.2f}x the peer's (goal {rel} {limit:g}x): "
+                   f"{'met' if ok else 'NOT met'}")
+    return out
+
+
 def print_tables(results: dict, daemon: dict, levels: list[int], args: argparse.Namespace) -> None:
     print(f"IMAP LOGIN+LOGOUT through Dovecot {'.'.join(map(str, Dovecot.version()))}, "
           f"{args.seconds:g} s per cell, distinct users; ratios to the native peer ({PEER}); "
@@ -359,6 +380,8 @@ def print_tables(results: dict, daemon: dict, levels: list[int], args: argparse.
             p50 = r["p50"] / peer["p50"] if peer else float("nan")
             print(f"{name:24s} {c:7d} {r['per_s']:9.1f} {r['p50']:7.1f} {r['p95']:7.1f} {r['p99']:7.1f} "
                   f"{r['fails']:5d} {thr:7.2f}x {p50:7.2f}x")
+    for line in goal_lines(results, levels):
+        print(line)
     if "pam→authd" not in results and os.geteuid() != 0:
         print("pam→authd: not measured (needs root: it writes a PAM service under /etc/pam.d)")
     if daemon:
