@@ -32,7 +32,7 @@ from mailmfa import log
 from mailmfa.backends.ports import BackendUnavailable
 from mailmfa.backends.state import MemoryReuseStore
 from mailmfa.config import Config, ConfigError, load, resolve_path
-from mailmfa.core.types import Outcome, Request, UserRecord, Verdict
+from mailmfa.core.types import Outcome, Request, Verdict
 from mailmfa.daemon import protocol
 from mailmfa.service import MAX_USER, authenticate
 
@@ -136,32 +136,27 @@ def _close_quietly(directory: Any) -> None:
 
 class _WriteGuard:
     """Wraps a directory to know whether a retry is safe: never after a write was attempted
-    (record_success may have landed before the connection broke; a retry would call it a replay)."""
+    (record_success may have landed before the connection broke; a retry would call it a replay).
+
+    Every method but the known read-only ones counts as a write, so a method the Directory port
+    gains later is safe by default (no retry) without this class having to learn it."""
+
+    READ_ONLY = frozenset({"lookup", "verify_password", "close"})
 
     def __init__(self, directory: Any) -> None:
         self._d = directory
         self.wrote = False
 
-    def lookup(self, user: str) -> UserRecord | None:
-        return self._d.lookup(user)  # type: ignore[no-any-return]
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._d, name)
+        if name in self.READ_ONLY or not callable(attr):
+            return attr
 
-    def verify_password(self, record: UserRecord, password: str) -> bool:
-        return self._d.verify_password(record, password)  # type: ignore[no-any-return]
+        def write(*args: Any, **kwargs: Any) -> Any:
+            self.wrote = True
+            return attr(*args, **kwargs)
 
-    def record_success(self, record: UserRecord, step: int, now: float) -> bool:
-        self.wrote = True
-        return self._d.record_success(record, step, now)
-
-    def record_failure(self, record: UserRecord, now: float) -> None:
-        self.wrote = True
-        self._d.record_failure(record, now)
-
-    def remove_token(self, record: UserRecord) -> None:
-        self.wrote = True
-        self._d.remove_token(record)
-
-    def close(self) -> None:
-        self._d.close()
+        return write
 
 
 DirectoryFactory = Callable[[Config, dict], Any]  # (config, params cache) -> a Directory

@@ -57,3 +57,33 @@ def test_broken_and_retired_directories_are_closed():
     assert Conn.closed == 2
     pool.release(b)  # ...busy ones when they come back
     assert Conn.closed == 3
+
+
+# --------------------------------------------------------------------------- _WriteGuard
+
+class _Recorder:
+    """A stand-in directory that records calls (the guard's logic only, no LDAP)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *a, **k: self.calls.append(name) or name
+
+
+def test_write_guard_reads_are_not_writes_everything_else_is():
+    from mailmfa.daemon.server import _WriteGuard
+
+    d = _Recorder()
+    g = _WriteGuard(d)
+    assert g.lookup("alice") == "lookup" and g.verify_password(None, "pw") == "verify_password"
+    g.close()
+    assert not g.wrote
+    for method in ("record_success", "record_failure", "remove_token", "a_method_added_later"):
+        g = _WriteGuard(d)
+        assert getattr(g, method)(None) == method
+        assert g.wrote, method
+    assert d.calls == ["lookup", "verify_password", "close", "record_success", "record_failure",
+                       "remove_token", "a_method_added_later"]
