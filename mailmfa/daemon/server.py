@@ -574,12 +574,12 @@ def main(argv: list[str] | None = None) -> int:
     path = resolve_path(opts["config"])
     try:
         config = load(path)
-        ldap_client_for(config)
+        client = ldap_client_for(config)
     except ConfigError as exc:
         sys.stderr.write(f"mailmfa-authd: {exc}\n")
         return EXIT_CONFIG
     if opts["check"]:
-        sys.stdout.write(f"mailmfa-authd: {path}: ok\n")
+        sys.stdout.write(f"mailmfa-authd: {path}: ok (ldap_client={client})\n")
         return 0
     daemon = Daemon(config, path)
     try:

@@ -218,8 +218,9 @@ def test_background_mode_forks_writes_pid_and_stops_on_sigterm(workdir_factory, 
     pid = int(pid_file.read_text())
     try:
         assert ask(s, b"MFA1 PING\n") == b"OK pong\n"
-        assert subprocess.run([authd_bin(), "--config", str(cfg), "--check"], capture_output=True,
-                              timeout=30, check=False).returncode == 0
+        check = subprocess.run([authd_bin(), "--config", str(cfg), "--check"], capture_output=True,
+                               text=True, timeout=30, check=False)
+        assert check.returncode == 0 and f"{cfg}: ok (ldap_client=" in check.stdout, check
     finally:
         os.kill(pid, signal.SIGTERM)
     poll_until(lambda: not s.exists() and not pid_file.exists(), 10, "socket and pid file removed")
