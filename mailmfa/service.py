@@ -51,7 +51,7 @@ def _refuse(req: Request, reason: str, dn: str = "") -> Outcome:
 def _switch_off_after_reset(req: Request, record: UserRecord, directory: Directory) -> UserRecord:
     """An administrator reset the password (ppolicy pwdReset): 2FA goes off, as after a
     password restore, and this login continues as one without a token."""
-    from dataclasses import replace
+    from mailmfa.core.record import replace
 
     from mailmfa import log
 
