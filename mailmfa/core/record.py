@@ -116,7 +116,7 @@ def record(cls: type[T]) -> type[T]:
         if len(args) > count:
             raise TypeError(f"{qualname}() takes {count} positional argument{'' if count == 1 else 's'} "
                             f"but {len(args)} were given")
-        values = dict(zip(names, args))
+        values = dict(zip(names, args, strict=False))
         for key, value in kwargs.items():
             if key not in known:
                 raise TypeError(f"{qualname}() got an unexpected keyword argument {key!r}")
