@@ -113,6 +113,9 @@ def record(cls: type[T]) -> type[T]:
     count = len(names)
 
     def __init__(self: object, *args: object, **kwargs: object) -> None:
+        if len(args) == count and not kwargs:  # the common case: every field, in order
+            self.__dict__.update(zip(names, args, strict=True))
+            return
         if len(args) > count:
             raise TypeError(f"{qualname}() takes {count} positional argument{'' if count == 1 else 's'} "
                             f"but {len(args)} were given")

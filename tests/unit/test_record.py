@@ -48,6 +48,8 @@ def test_defaults_and_positional_and_keyword_construction():
     q = Point(1, 2, label="q", tags=("a",))
     assert (q.x, q.y, q.label, q.tags) == (1, 2, "q", ("a",))
     assert Point(x=5, y=6) == Point(5, 6)
+    full = Point(1, 2, "l", "h", ("t",))  # every field positionally (the fast path)
+    assert (full.x, full.y, full.label, full.hidden, full.tags) == (1, 2, "l", "h", ("t",))
 
 
 def test_class_attribute_is_the_default_and_field_without_default_is_removed():
