@@ -26,7 +26,6 @@ waits no more than a minute.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -37,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mailmfa.config import parse
 from mailmfa.core import throttle
+from mailmfa.core.record import replace
 from mailmfa.core.totp import hotp, time_step
 from mailmfa.core.types import Request, Token, TotpParams, UserRecord, Verdict
 from mailmfa.service import authenticate
@@ -63,11 +63,11 @@ class MemDirectory:
         assert seen is not None
         if (seen.last_step, seen.failure_count) != (self.token.last_step, self.token.failure_count):
             return False
-        self.token = dataclasses.replace(self.token, last_step=step, failure_count=0, last_failure=None)
+        self.token = replace(self.token, last_step=step, failure_count=0, last_failure=None)
         return True
 
     def record_failure(self, record: UserRecord, now: float) -> None:
-        self.token = dataclasses.replace(self.token, failure_count=self.token.failure_count + 1,
+        self.token = replace(self.token, failure_count=self.token.failure_count + 1,
                                          last_failure=now)
 
     def close(self) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
 from typing import Any
+
+from mailmfa.core.record import field, fields, record
 
 DEFAULT_PATH = "/etc/mailmfa/mailmfa.toml"
 ENV_VAR = "MAILMFA_CONFIG"
@@ -20,7 +21,7 @@ class ConfigError(Exception):
     """A config problem, worded for the admin: which file, which key, what is wrong."""
 
 
-@dataclass(frozen=True)
+@record
 class LdapAttributes:
     """Attribute names, so directories without the OATH-LDAP schema can be used."""
 
@@ -39,7 +40,7 @@ class LdapAttributes:
     window: str = "oathTOTPTimeStepWindow"
 
 
-@dataclass(frozen=True)
+@record
 class LdapConfig:
     uris: tuple[str, ...] = ("ldap://127.0.0.1:389",)
     starttls: bool = False
@@ -56,7 +57,7 @@ class LdapConfig:
     attributes: LdapAttributes = field(default_factory=LdapAttributes)
 
 
-@dataclass(frozen=True)
+@record
 class TotpConfig:
     digits: int = 6
     period: int = 30
@@ -65,7 +66,7 @@ class TotpConfig:
     issuer: str = "Mail"
 
 
-@dataclass(frozen=True)
+@record
 class PolicyConfig:
     require_mfa: bool = False
     # seconds a just-verified password+code is accepted again from the same client IP
@@ -75,7 +76,7 @@ class PolicyConfig:
     state_file: str = "/var/lib/mailmfa/state.db"
 
 
-@dataclass(frozen=True)
+@record
 class WebConfig:
     """mailmfa-web, the self-service page (see README, "mailmfa-web")."""
 
@@ -91,7 +92,7 @@ STORE_BACKENDS = ("ldap", "sqlite")
 PASSWORD_BACKENDS = ("ldap", "pam")
 
 
-@dataclass(frozen=True)
+@record
 class StoreConfig:
     """Where tokens and login state live. parse() picks "ldap" when an [ldap] section
     exists, else "sqlite" (single-host mode)."""
@@ -101,7 +102,7 @@ class StoreConfig:
     timeout: float = 5.0  # seconds a login waits for another one's write lock
 
 
-@dataclass(frozen=True)
+@record
 class PasswordConfig:
     """How the password part is checked: an LDAP bind as the user, or a PAM service
     (single-host mode: one with pam_unix for system accounts)."""
@@ -110,7 +111,7 @@ class PasswordConfig:
     pam_service: str = "mailmfa-password"
 
 
-@dataclass(frozen=True)
+@record
 class DaemonConfig:
     """mailmfa-authd (the resident daemon) and how the per-login programs reach it."""
 
@@ -125,7 +126,7 @@ class DaemonConfig:
     ldap_client: str = "auto"
 
 
-@dataclass(frozen=True)
+@record
 class Config:
     path: str
     ldap: LdapConfig
@@ -195,7 +196,7 @@ def _user_filter(v: str) -> str | None:
     return None
 
 
-# section -> key -> (type, validator or None). Defaults come from the dataclasses.
+# section -> key -> (type, validator or None). Defaults come from the record classes.
 _SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
     "ldap": {
         "uris": (list, None),
@@ -314,7 +315,7 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
                 raise ConfigError(f"{path}: [ldap] uris: {u!r} {problem}")
         ldap["uris"] = tuple(uris)
     if "attributes" in ldap:
-        known = LdapAttributes.__dataclass_fields__
+        known = fields(LdapAttributes)
         attrs = {}
         for key, value in ldap["attributes"].items():
             if key not in known:

@@ -51,9 +51,8 @@ def _refuse(req: Request, reason: str, dn: str = "") -> Outcome:
 def _switch_off_after_reset(req: Request, record: UserRecord, directory: Directory) -> UserRecord:
     """An administrator reset the password (ppolicy pwdReset): 2FA goes off, as after a
     password restore, and this login continues as one without a token."""
-    from dataclasses import replace
-
     from mailmfa import log
+    from mailmfa.core.record import replace
 
     directory.remove_token(record)
     log.emit({"event": "mfa_disabled", "user": req.user, "reason": PASSWORD_RESET, "dn": record.dn})

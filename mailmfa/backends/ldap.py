@@ -240,9 +240,8 @@ class LdapDirectory:
     def _check_password_reset(self, record: UserRecord, user_attrs: dict[str, list[bytes]]) -> UserRecord:
         """ppolicy's pwdReset: an administrator set the password, so 2FA goes off (unless
         the token was enrolled after that reset); see core.enroll.reset_disables_token."""
-        from dataclasses import replace
-
         from mailmfa.core.enroll import reset_disables_token
+        from mailmfa.core.record import replace
 
         assert record.token is not None
         # rare path (pwdReset present): one more read rather than a wider search per login

@@ -24,9 +24,9 @@ import os
 import sqlite3
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from mailmfa.backends.ports import BackendUnavailable
+from mailmfa.core.record import field, record
 from mailmfa.core.types import ALGORITHMS, Token, TotpParams, UserRecord
 
 SCHEMA_VERSION = 1
@@ -60,7 +60,7 @@ UNAVAILABLE = "store_unavailable"
 _URI_ESCAPES = {"%": "%25", "?": "%3f", "#": "%23"}
 
 
-@dataclass(frozen=True)
+@record
 class TokenInfo:
     """Everything stored for one user's token (the admin view); times are Unix seconds."""
 

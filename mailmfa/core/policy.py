@@ -7,8 +7,7 @@ applies the same rules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from mailmfa.core.record import record
 from mailmfa.core.totp import matching_steps, time_step
 from mailmfa.core.types import Token
 
@@ -17,7 +16,7 @@ CODE_BAD = "bad_code"
 CODE_REPLAY = "replay"
 
 
-@dataclass(frozen=True)
+@record
 class CodeCheck:
     """`result` is CODE_OK, CODE_BAD or CODE_REPLAY; `step` is the step to record on success."""
 

@@ -1,13 +1,15 @@
 """Plain values passed between the pure core and its adapters.
 
-Frozen dataclasses so a verdict or a token can be shared by a resident daemon's
-threads without copying, and so nothing downstream can alter what the core decided.
+Frozen records (core/record.py: dataclass-like, without the cost of importing
+dataclasses on every login) so a verdict or a token can be shared by a resident
+daemon's threads without copying, and so nothing downstream can alter what the core decided.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+
+from mailmfa.core.record import field, record
 
 # OIDs used by the OATH-LDAP schema's oathHMACAlgorithm (RFC 8018 appendix B.1).
 ALGORITHM_OIDS = {
@@ -27,7 +29,7 @@ class Verdict(enum.Enum):
     TEMPFAIL = "tempfail"
 
 
-@dataclass(frozen=True)
+@record
 class TotpParams:
     digits: int = 6
     period: int = 30
@@ -35,7 +37,7 @@ class TotpParams:
     window: int = 1
 
 
-@dataclass(frozen=True)
+@record
 class Token:
     """A user's TOTP token as stored; the secret never appears in repr()."""
 
@@ -50,7 +52,7 @@ class Token:
     last_failure: float | None = None
 
 
-@dataclass(frozen=True)
+@record
 class UserRecord:
     """A directory user as the login path needs it: where to bind, and the token if any."""
 
@@ -62,7 +64,7 @@ class UserRecord:
     password_reset: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class Request:
     """One authentication attempt, protocol-independent.
 
@@ -75,7 +77,7 @@ class Request:
     rip: str = ""
 
 
-@dataclass(frozen=True)
+@record
 class Outcome:
     """The answer of authenticate(), with what an admin needs to act on it."""
 

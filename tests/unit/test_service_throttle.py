@@ -3,13 +3,12 @@ same rules against real slapd are in tests/integration/test_throttle_faults.py).
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from mailmfa.backends.ports import BackendUnavailable
 from mailmfa.backends.state import ReuseStore
 from mailmfa.config import parse
+from mailmfa.core.record import replace
 from mailmfa.core.totp import hotp
 from mailmfa.core.types import Request, Token, TotpParams, UserRecord, Verdict
 from mailmfa.service import authenticate
@@ -40,13 +39,13 @@ class MemDirectory:
         seen = record.token
         if (seen.last_step, seen.failure_count) != (self.token.last_step, self.token.failure_count):
             return False
-        self.token = dataclasses.replace(self.token, last_step=step, failure_count=0, last_failure=None)
+        self.token = replace(self.token, last_step=step, failure_count=0, last_failure=None)
         return True
 
     def record_failure(self, record, now):
         if self.down:
             raise BackendUnavailable()
-        self.token = dataclasses.replace(
+        self.token = replace(
             self.token, failure_count=self.token.failure_count + 1, last_failure=now)
 
     def close(self):
