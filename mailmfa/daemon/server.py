@@ -589,7 +589,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"mailmfa-authd: cannot listen on {config.daemon.socket}: {what}\n")
         return EXIT_LISTEN
     if not opts["foreground"]:
-        if os.fork() > 0:
+        child = os.fork()
+        if child > 0:
+            # the pid file is complete before the parent returns: whoever started us (systemd's
+            # PIDFile=, an init script, a test) may read it at once
+            if opts["pid_file"]:
+                _write_pid_file(opts["pid_file"], child)
             os._exit(0)  # the socket already listens: clients queue until the child accepts
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -597,9 +602,8 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(devnull, fd)
         os.close(devnull)
         daemon.stream = _Syslog()  # type: ignore[assignment]
-    if opts["pid_file"]:
-        with open(opts["pid_file"], "w", encoding="ascii") as fh:
-            fh.write(f"{os.getpid()}\n")
+    elif opts["pid_file"]:
+        _write_pid_file(opts["pid_file"], os.getpid())
     daemon.warm_up()
     daemon.serve()
     if opts["pid_file"]:
@@ -608,6 +612,14 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
     return 0
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    """Written whole or not at all (a reader never sees an empty file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(f"{pid}\n")
+    os.replace(tmp, path)
 
 
 def run() -> None:
