@@ -34,6 +34,8 @@ def importtime_top(exe: list[str], config: Path, user: str, password: str, n: in
                    repeat: int = 7) -> list[tuple[str, float]]:
     """Top `n` modules by cumulative import time (ms), top-level imports only; each module's
     minimum over `repeat` runs (other processes' load only ever adds time)."""
+    if Path(exe[0]) == SHIM:  # its #! line says -IS, which ignores PYTHONPROFILEIMPORTTIME
+        exe = ["/usr/bin/python3", "-IS", *exe]
     exe = [exe[0], "-X", "importtime", *exe[1:]] if exe[0].endswith("python3") else exe
     env = {} if exe[0].endswith("python3") else {"PYTHONPROFILEIMPORTTIME": "1"}
     best: dict[str, float] = {}
