@@ -16,6 +16,10 @@ venv: deps
 	@# the web page's browser tests drive Debian's /usr/bin/chromium; the browser is never downloaded
 	@"$(VENV)/bin/python" -c "import playwright" 2>/dev/null || "$(VENV)/bin/python" -m pip install -q --disable-pip-version-check playwright
 	@chmod -R a+rX "$(VENV)"
+	@# the shim runs this checkout's package as `dovecot`: its .pyc files must exist and be
+	@# readable (one written 0600 under Dovecot's umask 0077 would be recompiled every login)
+	@find mailmfa -name '*.pyc' ! -perm -o=r -delete
+	@umask 022 && $(PY) -m compileall -q mailmfa >/dev/null
 
 test: venv
 	"$(VENV)/bin/python" -m pytest -q $(PYTEST_ARGS) tests

@@ -343,6 +343,25 @@ def test_shim_runs_as_dovecot_user_without_path_or_home(slapd, config):
     assert not any(line.startswith(("PATH=", "HOME=")) for line in out)
 
 
+def test_shim_writes_no_bytecode(workdir, config):
+    """Run as root under Dovecot's umask 0077 (pam_exec in the auth worker), a shim that wrote
+    .pyc files would leave them 0600: every later run as `dovecot` would recompile (-B)."""
+    from pamface import pam_shim
+
+    shim = pam_shim(workdir / "nobytecode").with_name("mailmfa-checkpassword")
+    package = shim.parent.parent / "mailmfa"
+    r, w = os.pipe()
+    os.write(w, b"someone\0pw123456\0\0")
+    os.close(w)
+    proc = subprocess.run(fd3_argv(r, [str(shim), "--socket", str(workdir / "no.sock"), "--config", str(config),
+                                       "/bin/true"]),
+                          pass_fds=(r,), capture_output=True, text=True, env={}, timeout=60,
+                          preexec_fn=lambda: os.umask(0o077))
+    os.close(r)
+    assert proc.returncode in (1, 111) and "mailmfa result=" in proc.stderr, proc.stderr
+    assert not list(package.rglob("*.pyc")), "the shim wrote bytecode"
+
+
 def test_shim_without_the_package_is_a_temporary_failure(workdir):
     """A shim copied where no mailmfa package is reachable (not beside it, not in the system
     interpreter's site directories) answers 111, never Python's exit 1 (a wrong password)."""
