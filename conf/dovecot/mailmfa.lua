@@ -122,7 +122,8 @@ function auth_password_verify(req, pass)
   end
   req:log_info("mailmfa result=" .. string.lower(verdict) .. " reason=" .. reason)
   if result == dovecot.auth.PASSDB_RESULT_OK then
-    return result, ""
+    -- no extra fields: an empty table (2.4 refuses a string here, 2.3 takes either)
+    return result, {}
   end
   return result, "mailmfa " .. reason
 end
