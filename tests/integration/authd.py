@@ -22,7 +22,12 @@ def ask(path: Path | str, line: bytes, timeout: float = 10) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        sock.sendall(line)
+        try:
+            sock.sendall(line)
+        except (BrokenPipeError, ConnectionResetError):
+            # a daemon that refuses the connection (busy) answers and closes at once, maybe
+            # before this send: its answer is still there to read
+            pass
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = sock.recv(256)
