@@ -98,7 +98,7 @@ def lua_passdb(socket_path: Path) -> tuple[str, str]:
     shutil.copyfile(LUA_SCRIPT, script)
     script.chmod(0o644)
 
-    if Dovecot.version() >= (2, 4):  # untested here (Debian 12 has 2.3): README's 2.4 block
+    if Dovecot.version() >= (2, 4):  # conf/dovecot/auth-mailmfa-lua.conf.ext's 2.4 block
         body = (f"driver = lua\nlua_file = {script}\nuse_worker = yes\n"
                 f"lua_settings {{\n  mailmfa_socket = {socket_path}\n}}")
         return body, ""

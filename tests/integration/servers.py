@@ -1093,7 +1093,7 @@ class Dovecot(_Process):
         userdb = self.userdb if self.userdb is not None else self._default_userdb()
         v24 = self.version() >= (2, 4)
         lines = []
-        if v24:  # untested here (Debian 12 has 2.3): the 2.4 names of the same settings
+        if v24:  # the 2.4 names of the same settings (run on Debian 13, Dovecot 2.4.1)
             lines += ["dovecot_config_version = 2.4.0", "dovecot_storage_version = 2.4.0"]
         lines += [
             f"protocols = {' '.join(self.protocols)}",
