@@ -61,3 +61,24 @@ def passdb_pam(service: str) -> str:
         assert n == 1, f"{PAM_24_SNIPPET} changed shape: {body!r}"
         return "driver = pam\n" + body
     return f"driver = pam\nargs = {service}"
+
+
+def dovecot_checking_with_mailmfa(dovecot_factory, config: Path, workdir: Path, request,  # noqa: ANN001
+                                  name: str = "dovecot") -> Dovecot:
+    """A Dovecot whose passdb checks every login with mailmfa and `config`: mailmfa-checkpassword
+    on 2.3; on 2.4 (no checkpassword driver) passdb pam -> pam_exec -> mailmfa-pam, with the
+    shipped 2.4 snippet (mailmfa's log lines then go to WORKDIR/NAME-pam.log, not Dovecot's log).
+    The PAM service file is removed when the requesting fixture ends."""
+    import pytest
+
+    from mfa import checkpassword_bin
+
+    if Dovecot.has_checkpassword():
+        return dovecot_factory(f"driver = checkpassword\nargs = {checkpassword_bin()} --config {config}",
+                               workdir=workdir / name)
+    exe = pam_bin()
+    if exe is None:
+        pytest.skip("Dovecot 2.4 runs mailmfa through mailmfa-pam, not installed in this venv (make venv)")
+    service = syspam.add_pam_service(exec_service_text(config, workdir / f"{name}-pam.log", exe))
+    request.addfinalizer(lambda: syspam.remove_pam_service(service))
+    return dovecot_factory(passdb_pam(service), workdir=workdir / name)
