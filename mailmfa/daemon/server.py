@@ -551,6 +551,19 @@ def _parse_argv(argv: list[str]) -> dict[str, Any] | str:
     return opts
 
 
+
+def _write_pid_file(path: str, pid: int) -> None:
+    """Write `pid` to `path` atomically: a reader never sees an empty or half-written file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="ascii") as fh:
+            fh.write(f"{pid}\n")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry (mailmfa-authd)."""
     args = sys.argv[1:] if argv is None else argv
@@ -579,7 +592,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"mailmfa-authd: cannot listen on {config.daemon.socket}: {what}\n")
         return EXIT_LISTEN
     if not opts["foreground"]:
-        if os.fork() > 0:
+        child = os.fork()
+        if child > 0:
+            # The parent writes the child's PID before it returns: whoever started the daemon
+            # (an init script, a test) finds the file complete as soon as this exits.
+            if opts["pid_file"]:
+                try:
+                    _write_pid_file(opts["pid_file"], child)
+                except OSError as exc:
+                    os.kill(child, signal.SIGTERM)
+                    sys.stderr.write(f"mailmfa-authd: cannot write {opts['pid_file']}: {exc}\n")
+                    os._exit(EXIT_LISTEN)
             os._exit(0)  # the socket already listens: clients queue until the child accepts
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -587,9 +610,8 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(devnull, fd)
         os.close(devnull)
         daemon.stream = _Syslog()  # type: ignore[assignment]
-    if opts["pid_file"]:
-        with open(opts["pid_file"], "w", encoding="ascii") as fh:
-            fh.write(f"{os.getpid()}\n")
+    elif opts["pid_file"]:
+        _write_pid_file(opts["pid_file"], os.getpid())
     daemon.warm_up()
     daemon.serve()
     if opts["pid_file"]:
