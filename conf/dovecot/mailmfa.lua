@@ -122,8 +122,9 @@ function auth_password_verify(req, pass)
   end
   if result == dovecot.auth.PASSDB_RESULT_OK then
     -- mailmfa-authd logs every login (user, client, reason, time): one line per success is
-    -- enough, and a second one costs Dovecot's log process on every login
-    return result, ""
+    -- enough, and a second one costs Dovecot's log process on every login. No extra fields:
+    -- an empty table (2.4 refuses a string here, 2.3 takes either).
+    return result, {}
   end
   req:log_info("mailmfa result=" .. string.lower(verdict) .. " reason=" .. reason)
   return result, "mailmfa " .. reason

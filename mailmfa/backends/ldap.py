@@ -28,6 +28,49 @@ _NO_SUCH_OBJECT = 32
 _RESET_ATTRS = ["pwdReset", "pwdChangedTime"]
 
 
+def match_ip_or_name(cert: dict, hostname: str, match_name) -> None:  # noqa: ANN001
+    """Certificate/server-name check that knows IP-address SANs; names go to `match_name`.
+
+    WHY: ldap3 2.9.1 checks the server name itself with ssl.match_hostname, which Python
+    3.12 removed (Debian 13 has 3.13); its fallback, a copy from Python 3.4, knows no IP
+    SANs, so `ldaps://192.0.2.1` failed every login against a certificate made for that
+    address. Raises the same CertificateError ldap3 expects on a mismatch."""
+    import ipaddress
+
+    from ldap3.core.tls import CertificateError
+
+    try:
+        ip = ipaddress.ip_address(hostname.strip("[]"))
+    except ValueError:
+        match_name(cert, hostname)
+        return
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind == "IP Address":
+            with contextlib.suppress(ValueError):
+                if ipaddress.ip_address(value.strip()) == ip:
+                    return
+    raise CertificateError(f"certificate is not valid for {hostname}")
+
+
+def _ip_aware_ldap3() -> None:
+    """On Python >= 3.12 put match_ip_or_name in front of ldap3's own fallback (once)."""
+    import ssl
+
+    if hasattr(ssl, "match_hostname"):  # Python <= 3.11: ldap3 uses it, IPs included
+        return
+    from ldap3.core import tls as ldap3_tls
+
+    fallback = ldap3_tls.match_hostname
+    if getattr(fallback, "mailmfa_ip_aware", False):
+        return
+
+    def match_hostname(cert: dict, hostname: str) -> None:
+        match_ip_or_name(cert, hostname, fallback)
+
+    match_hostname.mailmfa_ip_aware = True  # type: ignore[attr-defined]
+    ldap3_tls.match_hostname = match_hostname
+
+
 def _first(attrs: dict[str, list[bytes]], name: str) -> bytes | None:
     for key, values in attrs.items():
         if key.lower() == name.lower() and values:
@@ -111,6 +154,7 @@ class LdapDirectory:
         seconds = max(1, round(cfg.timeout))  # ldap3 packs socket timeouts as integers
         tls = None
         if cfg.starttls or any(u.startswith("ldaps://") for u in cfg.uris):
+            _ip_aware_ldap3()
             tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=cfg.ca_file or None)
         errors = []
         for uri in cfg.uris:

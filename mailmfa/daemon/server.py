@@ -561,6 +561,19 @@ def _parse_argv(argv: list[str]) -> dict[str, Any] | str:
     return opts
 
 
+
+def _write_pid_file(path: str, pid: int) -> None:
+    """Write `pid` to `path` atomically: a reader never sees an empty or half-written file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="ascii") as fh:
+            fh.write(f"{pid}\n")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry (mailmfa-authd)."""
     args = sys.argv[1:] if argv is None else argv
@@ -591,10 +604,15 @@ def main(argv: list[str] | None = None) -> int:
     if not opts["foreground"]:
         child = os.fork()
         if child > 0:
-            # the pid file is complete before the parent returns: whoever started us (systemd's
-            # PIDFile=, an init script, a test) may read it at once
+            # The parent writes the child's PID before it returns: whoever started the daemon
+            # (an init script, a test) finds the file complete as soon as this exits.
             if opts["pid_file"]:
-                _write_pid_file(opts["pid_file"], child)
+                try:
+                    _write_pid_file(opts["pid_file"], child)
+                except OSError as exc:
+                    os.kill(child, signal.SIGTERM)
+                    sys.stderr.write(f"mailmfa-authd: cannot write {opts['pid_file']}: {exc}\n")
+                    os._exit(EXIT_LISTEN)
             os._exit(0)  # the socket already listens: clients queue until the child accepts
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -603,7 +621,11 @@ def main(argv: list[str] | None = None) -> int:
         os.close(devnull)
         daemon.stream = _Syslog()  # type: ignore[assignment]
     elif opts["pid_file"]:
-        _write_pid_file(opts["pid_file"], os.getpid())
+        try:
+            _write_pid_file(opts["pid_file"], os.getpid())
+        except OSError as exc:
+            sys.stderr.write(f"mailmfa-authd: cannot write {opts['pid_file']}: {exc}\n")
+            return EXIT_LISTEN
     daemon.warm_up()
     daemon.serve()
     if opts["pid_file"]:
@@ -612,14 +634,6 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
     return 0
-
-
-def _write_pid_file(path: str, pid: int) -> None:
-    """Written whole or not at all (a reader never sees an empty file)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="ascii") as fh:
-        fh.write(f"{pid}\n")
-    os.replace(tmp, path)
 
 
 def run() -> None:

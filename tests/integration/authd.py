@@ -22,7 +22,12 @@ def ask(path: Path | str, line: bytes, timeout: float = 10) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        sock.sendall(line)
+        try:
+            sock.sendall(line)
+        except (BrokenPipeError, ConnectionResetError):
+            # a daemon that refuses the connection (busy) answers and closes at once, maybe
+            # before this send: its answer is still there to read
+            pass
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = sock.recv(256)
@@ -93,7 +98,7 @@ def lua_passdb(socket_path: Path) -> tuple[str, str]:
     shutil.copyfile(LUA_SCRIPT, script)
     script.chmod(0o644)
 
-    if Dovecot.version() >= (2, 4):  # untested here (Debian 12 has 2.3): README's 2.4 block
+    if Dovecot.version() >= (2, 4):  # conf/dovecot/auth-mailmfa-lua.conf.ext's 2.4 block
         body = (f"driver = lua\nlua_file = {script}\nuse_worker = yes\n"
                 f"lua_settings {{\n  mailmfa_socket = {socket_path}\n}}")
         return body, ""

@@ -113,12 +113,10 @@ def strict_config(workdir: Path, slapd: Slapd) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dovecot(dovecot_factory: Callable[..., Dovecot], config: Path, workdir: Path) -> Dovecot:
-    """A Dovecot 2.3 whose passdb runs mailmfa-checkpassword with `config` (skips on 2.4)."""
-    from mfa import checkpassword_bin
+def dovecot(dovecot_factory: Callable[..., Dovecot], config: Path, workdir: Path,
+            request: pytest.FixtureRequest) -> Dovecot:
+    """A Dovecot checking logins with mailmfa and `config`: mailmfa-checkpassword on 2.3,
+    passdb pam -> mailmfa-pam on 2.4 (pamface.dovecot_checking_with_mailmfa)."""
+    from pamface import dovecot_checking_with_mailmfa
 
-    if not Dovecot.has_checkpassword():
-        pytest.skip(f"Dovecot {'.'.join(map(str, Dovecot.version()))} has no checkpassword driver "
-                    "(removed in 2.4)")
-    return dovecot_factory(f"driver = checkpassword\nargs = {checkpassword_bin()} --config {config}",
-                           workdir=workdir / "dovecot")
+    return dovecot_checking_with_mailmfa(dovecot_factory, config, workdir, request)

@@ -72,13 +72,44 @@ def python_service_text(config: Path) -> str:
     return text
 
 
+PAM_24_SNIPPET = REPO_ROOT / "conf" / "dovecot" / "auth-mailmfa-pam-2.4.conf.ext"
+
+
 def passdb_pam(service: str) -> str:
     """The passdb block body for the installed Dovecot (the harness adds the braces).
 
     2.3: `driver = pam` + `args = SERVICE` (conf/dovecot/auth-mailmfa-pam.conf.ext);
-    2.4: `passdb_pam_service_name` (conf/dovecot/auth-mailmfa-pam-2.4.conf.ext) -- untested
-    on Debian 12, which has 2.3.
+    2.4: the shipped conf/dovecot/auth-mailmfa-pam-2.4.conf.ext's `passdb pam` block itself,
+    pointed at `service`, so the PAM tests prove the snippet (a wrong setting name there is
+    silently ignored by Dovecot, which then uses PAM service "dovecot").
     """
     if Dovecot.version() >= (2, 4):
-        return f"driver = pam\npassdb_pam_service_name = {service}"
+        match = re.search(r"(?ms)^passdb pam \{\n(.*?)^\}", PAM_24_SNIPPET.read_text())
+        assert match, f"{PAM_24_SNIPPET} has no `passdb pam {{ ... }}` block"
+        lines = [ln.strip() for ln in match.group(1).splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        body = "\n".join(lines)
+        body, n = re.subn(r"(?m)^(passdb_pam_service_name\s*=\s*)mailmfa$", rf"\g<1>{service}", body)
+        assert n == 1, f"{PAM_24_SNIPPET} changed shape: {body!r}"
+        return "driver = pam\n" + body
     return f"driver = pam\nargs = {service}"
+
+
+def dovecot_checking_with_mailmfa(dovecot_factory, config: Path, workdir: Path, request,  # noqa: ANN001
+                                  name: str = "dovecot") -> Dovecot:
+    """A Dovecot whose passdb checks every login with mailmfa and `config`: mailmfa-checkpassword
+    on 2.3; on 2.4 (no checkpassword driver) passdb pam -> pam_exec -> mailmfa-pam, with the
+    shipped 2.4 snippet (mailmfa's log lines then go to WORKDIR/NAME-pam.log, not Dovecot's log).
+    The PAM service file is removed when the requesting fixture ends."""
+    import pytest
+
+    from mfa import checkpassword_bin
+
+    if Dovecot.has_checkpassword():
+        return dovecot_factory(f"driver = checkpassword\nargs = {checkpassword_bin()} --config {config}",
+                               workdir=workdir / name)
+    exe = pam_bin()
+    if exe is None:
+        pytest.skip("Dovecot 2.4 runs mailmfa through mailmfa-pam, not installed in this venv (make venv)")
+    service = syspam.add_pam_service(exec_service_text(config, workdir / f"{name}-pam.log", exe))
+    request.addfinalizer(lambda: syspam.remove_pam_service(service))
+    return dovecot_factory(passdb_pam(service), workdir=workdir / name)

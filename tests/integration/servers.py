@@ -1093,7 +1093,7 @@ class Dovecot(_Process):
         userdb = self.userdb if self.userdb is not None else self._default_userdb()
         v24 = self.version() >= (2, 4)
         lines = []
-        if v24:  # untested here (Debian 12 has 2.3): the 2.4 names of the same settings
+        if v24:  # the 2.4 names of the same settings (run on Debian 13, Dovecot 2.4.1)
             lines += ["dovecot_config_version = 2.4.0", "dovecot_storage_version = 2.4.0"]
         lines += [
             f"protocols = {' '.join(self.protocols)}",
@@ -1115,17 +1115,19 @@ class Dovecot(_Process):
             "first_valid_uid = 1",
             "first_valid_gid = 1",
         ]
+        # 2.4 has no per-listener `address` (the global `listen` above applies)
+        address = "" if v24 else "    address = 127.0.0.1\n"
         if v24:
             lines += ["mail_driver = maildir", "mail_path = ~/Maildir"]
         else:
             lines += ["mail_location = maildir:~/Maildir"]
         lines += [
             "service imap-login {",
-            f"  inet_listener imap {{\n    address = 127.0.0.1\n    port = {self.imap_port}\n  }}",
+            f"  inet_listener imap {{\n{address}    port = {self.imap_port}\n  }}",
             "  inet_listener imaps {\n    port = 0\n  }",
             "}",
             "service pop3-login {",
-            f"  inet_listener pop3 {{\n    address = 127.0.0.1\n    port = {self.pop3_port}\n  }}",
+            f"  inet_listener pop3 {{\n{address}    port = {self.pop3_port}\n  }}",
             "  inet_listener pop3s {\n    port = 0\n  }",
             "}",
             # without this, anvil's per-IP penalty delays repeated failures by 2-15 s

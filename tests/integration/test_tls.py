@@ -19,7 +19,10 @@ def _openssl(*args: str) -> None:
 def make_ca_and_cert(d: Path, name: str) -> tuple[Path, Path, Path]:
     """A throwaway CA and a server certificate for 127.0.0.1 (IP SAN) signed by it."""
     ca_key, ca, key, csr, cert = (d / f"{name}-{x}" for x in ("ca.key", "ca.pem", "key.pem", "csr.pem", "cert.pem"))
+    # keyUsage on the CA: Python 3.13 verifies with VERIFY_X509_STRICT, which refuses a CA
+    # certificate without it ("CA cert does not include key usage extension")
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name} test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
              "-keyout", str(ca_key), "-out", str(ca))
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(csr))
     ext = d / f"{name}-ext.cnf"

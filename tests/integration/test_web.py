@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mfa import checkpassword_bin, code_at, new_secret, write_config
-from servers import Dovecot, wait_for_step_safe
+from mfa import code_at, new_secret, write_config
+from servers import wait_for_step_safe
 from web_harness import CHROMIUM, VIEWPORT, WebApp, shot
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (make venv)")
@@ -88,11 +88,11 @@ def page(browser, web):
 
 
 @pytest.fixture(scope="module")
-def dovecot(dovecot_factory, config, workdir):
-    if not Dovecot.has_checkpassword():
-        pytest.skip("no checkpassword driver in this Dovecot")
-    return dovecot_factory(f"driver = checkpassword\nargs = {checkpassword_bin()} --config {config}",
-                           workdir=workdir / "dovecot")
+def dovecot(dovecot_factory, config, workdir, request):
+    """mailmfa-checkpassword on Dovecot 2.3, passdb pam -> mailmfa-pam on 2.4."""
+    from pamface import dovecot_checking_with_mailmfa
+
+    return dovecot_checking_with_mailmfa(dovecot_factory, config, workdir, request)
 
 
 # --------------------------------------------------------------------------- helpers
