@@ -574,6 +574,7 @@ def _write_pid_file(path: str, pid: int) -> None:
             os.unlink(tmp)
         raise
 
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry (mailmfa-authd)."""
     args = sys.argv[1:] if argv is None else argv
