@@ -28,7 +28,7 @@ unit: venv
 	"$(VENV)/bin/python" -m pytest -q tests/unit
 
 demo: venv
-	"$(VENV)/bin/python" demo/run.py $(if $(SERVE),--serve,) $(if $(PAM),--pam,)
+	"$(VENV)/bin/python" demo/run.py $(if $(SERVE),--serve,) $(if $(PAM),--pam,) $(if $(DAEMON),--daemon,)
 
 lint:
 	$(RUFF) check mailmfa tests checkpassword bench demo

@@ -4,6 +4,8 @@ Starts a private slapd (OATH-LDAP schema, the shipped ACL) and a private Dovecot
 passdb runs mailmfa-checkpassword, provisions a demo user with a TOTP token, prints the
 otpauth URI and a QR code, then shows an IMAP login with password+code accepted and a
 wrong and a replayed code refused. With --serve the servers stay up for a real mail client.
+With --daemon the login goes the fast way: Dovecot's Lua passdb asks a running mailmfa-authd
+(no process per login); with --pam (and on Dovecot 2.4 without --daemon) through passdb pam.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+from authd import Authd, lua_passdb  # noqa: E402
 from mailmfa.core.totp import hotp, time_step  # noqa: E402
 from pamface import exec_service_text, passdb_pam  # noqa: E402
 from servers import Dovecot, Slapd, make_workdir, remove_workdir, wait_for_step_safe  # noqa: E402
@@ -47,7 +50,7 @@ def pam_passdb(workdir: Path, config: Path) -> tuple[str, Path, str]:
     return passdb_pam(name), pam_file, "passdb pam -> pam_exec -> mailmfa-pam"
 
 
-def write_config(workdir: Path, slapd: Slapd) -> Path:
+def write_config(workdir: Path, slapd: Slapd, tail: str = "") -> Path:
     secret_file = workdir / "ldap.secret"
     secret_file.write_text(slapd.service_password + "\n")
     secret_file.chmod(0o644)  # read by Dovecot's auth process (the dovecot user)
@@ -68,7 +71,7 @@ issuer = "{ISSUER}"
 require_mfa = true
 reuse_seconds = 60
 state_file = "{state_dir / 'state.db'}"
-""")
+{tail}""")
     path.chmod(0o644)
     return path
 
@@ -86,27 +89,36 @@ def main() -> int:
     ap.add_argument("--serve", action="store_true", help="keep slapd and Dovecot running until Ctrl-C")
     ap.add_argument("--pam", action="store_true",
                     help="use passdb pam (the Dovecot 2.4 path) even where checkpassword exists")
+    ap.add_argument("--daemon", action="store_true",
+                    help="run mailmfa-authd and Dovecot's Lua passdb (the fast path, 2.3 and 2.4)")
     args = ap.parse_args()
-    use_pam = args.pam or not Dovecot.has_checkpassword()
+    use_pam = not args.daemon and (args.pam or not Dovecot.has_checkpassword())
 
     workdir = make_workdir("mailmfa-demo-")
-    slapd = dovecot = pam_file = None
+    slapd = dovecot = pam_file = authd = None
     try:
         say("== Starting a private slapd on loopback")
         slapd = Slapd(workdir / "slapd").start()
         say(f"   {slapd.uri}  (suffix {slapd.suffix}, OATH-LDAP schema, ACL from conf/ldap/acl.ldif)")
         secret = secrets.token_bytes(20)
         slapd.add_user(USER, PASSWORD, secret, cn="Demo User", mail="demo@example.org")
-        config = write_config(workdir, slapd)
+        sock = workdir / "authd.sock"
+        config = write_config(workdir, slapd, f'[daemon]\nsocket = "{sock}"\n' if args.daemon else "")
 
-        if use_pam:
+        extra = ""
+        if args.daemon:
+            authd = Authd(workdir / "authd", config, sock).start()
+            say(f"== Started mailmfa-authd on {sock} (warm LDAP connections)")
+            passdb, extra = lua_passdb(sock)
+            label = "passdb lua (conf/dovecot/mailmfa.lua) -> mailmfa-authd"
+        elif use_pam:
             passdb, pam_file, label = pam_passdb(workdir, config)
         else:
             passdb = f"driver = checkpassword\nargs = {checkpassword_bin()} --config {config}"
             label = "passdb checkpassword -> mailmfa-checkpassword"
         version = ".".join(map(str, Dovecot.version()))
         say(f"== Starting a private Dovecot {version} with {label}")
-        dovecot = Dovecot(workdir / "dovecot", passdb).start()
+        dovecot = Dovecot(workdir / "dovecot", passdb, extra=extra).start()
         say(f"   IMAP on 127.0.0.1:{dovecot.imap_port}, POP3 on 127.0.0.1:{dovecot.pop3_port}")
 
         key = base64.b32encode(secret).decode().rstrip("=")
@@ -135,7 +147,9 @@ def main() -> int:
         reused = show_login(dovecot, "same code, first client's 2nd connection", PASSWORD + code, "127.0.0.2")
         say("\n== What mailmfa logged (one key=value line per attempt; no password, no code)")
         logged = dovecot.log_text()
-        if use_pam and (workdir / "pam.log").exists():
+        if authd is not None:
+            logged = authd.log_text()
+        elif use_pam and (workdir / "pam.log").exists():
             logged = (workdir / "pam.log").read_text()
         for line in logged.splitlines():
             if "mailmfa result=" in line:
@@ -161,7 +175,7 @@ def main() -> int:
     finally:
         if pam_file is not None:
             pam_file.unlink(missing_ok=True)
-        for server in (dovecot, slapd):
+        for server in (dovecot, authd, slapd):
             if server is not None:
                 server.stop()
         remove_workdir(workdir)
