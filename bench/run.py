@@ -15,6 +15,8 @@ Through the same real Dovecot and slapd on loopback, IMAP LOGIN+LOGOUT with dist
   (python floor)       reference: bench/python-floor-checkpassword starts Python -IS and execs the
                        reply, checking nothing: the least a Python checkpassword program costs
 
+cpu/login: the whole machine's busy CPU time during the cell divided by its logins (/proc/stat).
+
 Then mailmfa-authd alone: authentications/s at 1/8/64 concurrent connections, and its RSS
 after --daemon-requests requests (default 20 000; --full: 100 000).
 
@@ -110,12 +112,24 @@ def imap_cell(port: int, users: list[str], password: Password, clients: int, sec
     wait_step_margin()
     started = time.monotonic()
     deadline = started + seconds
+    busy_before = machine_busy_ms()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return {"lat_ms": [x * 1000 for x in lat], "fails": fails[0], "elapsed": time.monotonic() - started}
+    return {"lat_ms": [x * 1000 for x in lat], "fails": fails[0], "elapsed": time.monotonic() - started,
+            "busy_ms": machine_busy_ms() - busy_before}
+
+
+def machine_busy_ms() -> float:
+    """CPU time the whole machine spent busy (all CPUs, from /proc/stat), in ms: per login it
+    compares variants by the CPU they cost, which load from elsewhere disturbs less than
+    logins/s (it also counts the load generator and any other process, alike for all)."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values) - idle) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def summarize(parts: list[dict]) -> dict:
@@ -123,6 +137,7 @@ def summarize(parts: list[dict]) -> dict:
     ms = [x for p in parts for x in p["lat_ms"]]
     elapsed = sum(p["elapsed"] for p in parts)
     return {"logins": len(ms), "fails": sum(p["fails"] for p in parts), "per_s": len(ms) / elapsed,
+            "cpu_ms": sum(p["busy_ms"] for p in parts) / max(1, len(ms)),
             "p50": median(ms), "p95": percentile(ms, 95), "p99": percentile(ms, 99)}
 
 
@@ -369,7 +384,7 @@ def print_tables(results: dict, daemon: dict, levels: list[int], args: argparse.
           f"{args.seconds:g} s per cell, distinct users; ratios to the native peer ({PEER}); "
           f"authd ldap_client = {args.ldap_client}")
     head = (f"{'variant':24s} {'clients':>7s} {'logins/s':>9s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s} "
-            f"{'fails':>5s} {'thr/peer':>8s} {'p50/peer':>8s}")
+            f"{'fails':>5s} {'thr/peer':>8s} {'p50/peer':>8s} {'cpu/login':>9s}")
     print(head)
     print("-" * len(head))
     for c in levels:
@@ -379,7 +394,7 @@ def print_tables(results: dict, daemon: dict, levels: list[int], args: argparse.
             thr = r["per_s"] / peer["per_s"] if peer else float("nan")
             p50 = r["p50"] / peer["p50"] if peer else float("nan")
             print(f"{name:24s} {c:7d} {r['per_s']:9.1f} {r['p50']:7.1f} {r['p95']:7.1f} {r['p99']:7.1f} "
-                  f"{r['fails']:5d} {thr:7.2f}x {p50:7.2f}x")
+                  f"{r['fails']:5d} {thr:7.2f}x {p50:7.2f}x {r['cpu_ms']:6.1f} ms")
     for line in goal_lines(results, levels):
         print(line)
     if "pam→authd" not in results and os.geteuid() != 0:
