@@ -18,15 +18,13 @@ mailmfa-checkpassword --socket: no config, no dataclasses, no typing, no LDAP st
 config is read only when the daemon cannot be reached, and `[daemon] fallback` decides.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs a login ~4 ms
 if TYPE_CHECKING:  # annotations only: the login path imports these lazily
     from mailmfa.core.types import Outcome, Request
-    from mailmfa.entry.common import LoginLog
+    from mailmfa.log import LoginLog
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -105,8 +103,8 @@ def _parse_argv(argv: list[str]) -> str | tuple[str | None, str | None]:
     return opts["--config"], opts["--socket"]
 
 
-def decide(req: Request, config_path: str | None, env: dict[str, str],
-           extra: dict[str, object], daemon_down: bool = False) -> Outcome:
+def decide(req: "Request", config_path: str | None, env: dict[str, str],
+           extra: dict[str, object], daemon_down: bool = False) -> "Outcome":
     """The verdict for `req`, for mailmfa-pam and the pam_python module alike: the resident
     daemon's when `[daemon] use` says to ask it (see check_in_process), else decided here.
     `daemon_down`: --socket found no daemon; `[daemon] fallback` decides."""
@@ -135,7 +133,7 @@ def run(argv: list[str], env: dict[str, str], stdin_fd: int = 0) -> int:
     if pam_type in NEUTRAL_TYPES:
         return EXIT_OK
 
-    from mailmfa.entry.common import LoginLog
+    from mailmfa.log import LoginLog
 
     service = env.get("PAM_SERVICE", "")
     rip = env.get("PAM_RHOST", "")
@@ -178,7 +176,7 @@ _RESULTS = {  # the daemon's answer words and Verdict names alike
 }
 
 
-def _conclude(logline: LoginLog, verdict: str, reason: str, extra: dict[str, object]) -> int:
+def _conclude(logline: "LoginLog", verdict: str, reason: str, extra: dict[str, object]) -> int:
     """The log line and exit status for a verdict; anything but OK/ACCEPT and TEMPFAIL is a
     failure (fail closed)."""
     result, code = _RESULTS.get(verdict, ("fail", EXIT_FAIL))
