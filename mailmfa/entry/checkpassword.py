@@ -70,29 +70,19 @@ def parse_request(data: bytes) -> tuple[str, str] | None:
         return None
 
 
-def _parse_argv(argv: list[str]) -> tuple[str | None, list[str], str | None] | str:
+def _parse_argv(argv: list[str]) -> "tuple[str | None, list[str], str | None] | str":
     """(config path, reply command, daemon socket) or a string naming the usage problem."""
-    opts: dict[str, str | None] = {"--config": None, "--socket": None}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name = arg.split("=", 1)[0]
-        if name in opts and "=" in arg:
-            opts[name] = arg.split("=", 1)[1]
-            i += 1
-        elif name in opts:
-            if i + 1 >= len(argv):
-                return f"{arg} needs a {'FILE' if arg == '--config' else 'PATH'}"
-            opts[name] = argv[i + 1]
-            i += 2
-        elif arg == "--":
-            i += 1
-            break
-        elif arg.startswith("-"):
-            return f"unknown option {arg}"
-        else:
-            break
+    from mailmfa.entry import parse_options
+
+    parsed = parse_options(argv)
+    if isinstance(parsed, str):
+        return parsed
+    opts, i = parsed
     reply = argv[i:]
+    if reply and reply[0] == "--":
+        reply = reply[1:]
+    elif reply and reply[0].startswith("-"):
+        return f"unknown option {reply[0]}"
     if not reply:
         return "missing REPLY-PROGRAM (Dovecot appends it; see --help)"
     return opts["--config"], reply, opts["--socket"]

@@ -82,24 +82,17 @@ def read_authtok(fd: int = 0, limit: int = MAX_AUTHTOK) -> bytes | None:
     return data
 
 
-def _parse_argv(argv: list[str]) -> str | tuple[str | None, str | None]:
+def _parse_argv(argv: list[str]) -> "str | tuple[str | None, str | None]":
     """(config path, daemon socket), each None when not given, or a string naming the
     usage problem."""
-    opts: dict[str, str | None] = {"--config": None, "--socket": None}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name = arg.split("=", 1)[0]
-        if name in opts and "=" in arg:
-            opts[name] = arg.split("=", 1)[1]
-            i += 1
-        elif name in opts:
-            if i + 1 >= len(argv):
-                return f"{arg} needs a {'FILE' if arg == '--config' else 'PATH'}"
-            opts[name] = argv[i + 1]
-            i += 2
-        else:
-            return f"unexpected argument {arg}"
+    from mailmfa.entry import parse_options
+
+    parsed = parse_options(argv)
+    if isinstance(parsed, str):
+        return parsed
+    opts, i = parsed
+    if i < len(argv):
+        return f"unexpected argument {argv[i]}"
     return opts["--config"], opts["--socket"]
 
 
