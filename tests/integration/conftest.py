@@ -47,17 +47,11 @@ def workdir_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], Pat
 def slapd_factory(workdir_factory: Callable[[], Path]) -> Iterator[Callable[..., Slapd]]:
     """`slapd_factory(with_otp_overlay=False, with_ppolicy=False, **kw)` -> a started Slapd."""
     _require("slapd", "slapadd", "ldapmodify")
-    started: list[Slapd] = []
 
-    def make(with_otp_overlay: bool = False, with_ppolicy: bool = False, **kw: Any) -> Slapd:
-        server = Slapd(workdir_factory(), with_otp_overlay, with_ppolicy, **kw)
-        started.append(server)
-        server.start()
-        return server
+    def build(with_otp_overlay: bool = False, with_ppolicy: bool = False, **kw: Any) -> Slapd:
+        return Slapd(workdir_factory(), with_otp_overlay, with_ppolicy, **kw)
 
-    yield make
-    for server in started:
-        server.stop()
+    yield from _started(build)
 
 
 @pytest.fixture(scope="module")
@@ -73,17 +67,27 @@ def dovecot_factory(workdir_factory: Callable[[], Path]) -> Iterator[Callable[..
     Pass `workdir` to put the config next to files you wrote there (e.g. a checkpassword
     program or a mailmfa.toml the auth process must read)."""
     _require("dovecot", "doveadm")
-    started: list[Dovecot] = []
 
-    def make(passdb: str, userdb: str | None = None, extra: str = "", workdir: Path | None = None,
-             **kw: Any) -> Dovecot:
-        server = Dovecot(workdir or workdir_factory(), passdb, userdb, extra, **kw)
-        started.append(server)
+    def build(passdb: str, userdb: str | None = None, extra: str = "", workdir: Path | None = None,
+              **kw: Any) -> Dovecot:
+        return Dovecot(workdir or workdir_factory(), passdb, userdb, extra, **kw)
+
+    yield from _started(build)
+
+
+def _started(build: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """A factory fixture's body: `make(...)` builds a server, starts it and keeps it; every
+    server made is stopped when the fixture ends."""
+    made: list[Any] = []
+
+    def make(*args: Any, **kw: Any) -> Any:
+        server = build(*args, **kw)
+        made.append(server)
         server.start()
         return server
 
     yield make
-    for server in started:
+    for server in made:
         server.stop()
 
 

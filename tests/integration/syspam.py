@@ -179,3 +179,16 @@ class SingleHost:
         for name in self.users:
             remove_system_user(name)
         remove_pam_service(self.password_service)
+
+    @classmethod
+    def fixture(cls, workdir: Path) -> Iterator[SingleHost]:
+        """A module fixture's body: the host, closed at the end; skipped without mailmfa-pam."""
+        import pytest
+
+        from pamface import pam_bin
+
+        if pam_bin() is None:
+            pytest.skip("mailmfa-pam is not installed in this venv (run `make venv`)")
+        host = cls(workdir)
+        yield host
+        host.close()

@@ -16,7 +16,6 @@ import pytest
 
 import syspam
 from mfa import code_at, wrong_code
-from pamface import pam_bin
 from servers import wait_for_step_safe
 from test_admin_cli import Enrolment, mailmfa, wait_next_step
 
@@ -46,11 +45,7 @@ class Host(syspam.SingleHost):
 
 @pytest.fixture(scope="module")
 def host(workdir_factory):
-    if pam_bin() is None:
-        pytest.skip("mailmfa-pam is not installed in this venv (run `make venv`)")
-    h = Host(workdir_factory())
-    yield h
-    h.close()
+    yield from Host.fixture(workdir_factory())
 
 
 def _enrol_no_verify(host, user) -> bytes:

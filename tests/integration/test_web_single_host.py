@@ -17,7 +17,6 @@ import pytest
 
 import syspam
 from mfa import code_at
-from pamface import pam_bin
 from servers import wait_for_step_safe
 from web_harness import CHROMIUM, VIEWPORT, WebApp, shot
 
@@ -46,11 +45,7 @@ class Host(syspam.SingleHost):
 
 @pytest.fixture(scope="module")
 def host(workdir_factory):
-    if pam_bin() is None:
-        pytest.skip("mailmfa-pam is not installed in this venv (run `make venv`)")
-    h = Host(workdir_factory())
-    yield h
-    h.close()
+    yield from Host.fixture(workdir_factory())
 
 
 @pytest.fixture
