@@ -28,13 +28,18 @@ def ask(path: Path | str, line: bytes, timeout: float = 10) -> bytes:
             # a daemon that refuses the connection (busy) answers and closes at once, maybe
             # before this send: its answer is still there to read
             pass
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = sock.recv(256)
-            if not chunk:
-                break
-            buf += chunk
-        return buf
+        return read_answer(sock)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One answer line (b"" or a partial line when the daemon hung up first)."""
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = sock.recv(256)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
 
 
 class Authd(_Process):

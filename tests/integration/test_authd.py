@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from authd import Authd, ask, authd_bin, daemon_toml, lua_passdb, race
+from authd import Authd, ask, authd_bin, daemon_toml, lua_passdb, race, read_answer
 from mailmfa.daemon import protocol
 from mfa import checkpassword_bin, code_at, run_checkpassword, token_user, write_config
 from servers import Dovecot, poll_until, wait_for_step_safe
@@ -125,13 +125,7 @@ def test_64_concurrent_clients_all_answered_correctly(authd, sock, slapd):
             s.connect(str(sock))
             barrier.wait()
             s.sendall(lines[uid])
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(256)
-                if not chunk:
-                    break
-                buf += chunk
-            answers[uid] = buf
+            answers[uid] = read_answer(s)
 
     threads = [threading.Thread(target=client, args=(u,)) for u in lines]
     for t in threads:

@@ -101,13 +101,18 @@ def heading(page) -> str:
     return page.locator("h1").inner_text().strip()
 
 
-def sign_in(page, uid: str, pw: str, secret: bytes | None = None, screens: str = "") -> None:
+def submit_login(page, uid: str, pw: str, screens: str = "") -> None:
+    """The first sign-in screen: login and password, submitted."""
     page.goto("/login")
     page.get_by_label("Login").fill(uid)
     page.get_by_label("Password").fill(pw)
     if screens:
         shot(page, f"{screens}-sign-in")
     page.get_by_role("button", name="Sign in").click()
+
+
+def sign_in(page, uid: str, pw: str, secret: bytes | None = None, screens: str = "") -> None:
+    submit_login(page, uid, pw, screens)
     if secret is not None:
         assert heading(page) == "Enter your code"
         if screens:
@@ -265,10 +270,7 @@ def test_start_over_makes_a_new_secret(page, slapd):
 def test_two_stage_sign_in_of_enrolled_user(page, slapd, dovecot):
     secret = new_secret()
     uid, pw = new_user(slapd, secret=secret)
-    page.goto("/login")
-    page.get_by_label("Login").fill(uid)
-    page.get_by_label("Password").fill(pw)
-    page.get_by_role("button", name="Sign in").click()
+    submit_login(page, uid, pw)
     assert heading(page) == "Enter your code"
     shot(page, "04-code")
     page.get_by_label("Code").fill(wrong_code(secret))
@@ -291,10 +293,7 @@ def test_two_stage_sign_in_of_enrolled_user(page, slapd, dovecot):
 def test_wrong_password_with_right_code_is_refused(page, slapd):
     secret = new_secret()
     uid, pw = new_user(slapd, secret=secret)
-    page.goto("/login")
-    page.get_by_label("Login").fill(uid)
-    page.get_by_label("Password").fill("not-" + pw)
-    page.get_by_role("button", name="Sign in").click()
+    submit_login(page, uid, "not-" + pw)
     # the first screen does not tell: the password is checked together with the code
     assert heading(page) == "Enter your code"
     wait_for_step_safe()
@@ -308,10 +307,7 @@ def test_wrong_password_with_right_code_is_refused(page, slapd):
 def test_three_refused_codes_send_back_to_sign_in(page, slapd):
     secret = new_secret()
     uid, pw = new_user(slapd, secret=secret)
-    page.goto("/login")
-    page.get_by_label("Login").fill(uid)
-    page.get_by_label("Password").fill(pw)
-    page.get_by_role("button", name="Sign in").click()
+    submit_login(page, uid, pw)
     for _ in range(3):
         assert heading(page) == "Enter your code"
         page.get_by_label("Code").fill(wrong_code(secret))
@@ -360,10 +356,7 @@ def test_changes_need_a_fresh_password_and_sign_out_ends_the_session(page, slapd
 
 def test_wrong_login_password_and_no_token_sign_in(page, slapd):
     uid, pw = new_user(slapd)
-    page.goto("/login")
-    page.get_by_label("Login").fill(uid)
-    page.get_by_label("Password").fill("nope")
-    page.get_by_role("button", name="Sign in").click()
+    submit_login(page, uid, "nope")
     assert heading(page) == "Sign in"
     assert page.locator(".error").inner_text() == "The login or password is not correct."
     shot(page, "05-sign-in-wrong")
