@@ -37,6 +37,7 @@ lint:
 bench: venv
 	"$(VENV)/bin/python" bench/run.py $(BENCH_ARGS)
 	"$(VENV)/bin/python" bench/startup.py
+	"$(VENV)/bin/python" bench/authd_cpu.py
 
 clean:
 	rm -rf .venv build *.egg-info
