@@ -26,6 +26,7 @@ after --daemon-requests requests (default 20 000; --full: 100 000).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -33,8 +34,9 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from common import (
     LUA_SCRIPT,
@@ -83,31 +85,35 @@ def imap_login_logout(port: int, user: str, password: str) -> bool:
         return ok
 
 
-def imap_cell(port: int, users: list[str], password: Password, clients: int, seconds: float) -> dict:
-    """`clients` threads log in as fast as they can for `seconds` (or until users run out)."""
-    it = iter(users)
+def drive(names: list[str], clients: int, seconds: float, prepare: Callable[[str], Any],
+          attempt: Callable[[Any, Any], bool], session: Callable[[], Any] = contextlib.nullcontext) -> dict:
+    """The load generator: `clients` threads, each in its own `session()`, take distinct names
+    and time `attempt(session, prepare(name))` (True = the expected answer) until `seconds`
+    have passed or the names run out."""
+    it = iter(names)
     lock = threading.Lock()
     lat: list[float] = []
     fails = [0]
     deadline = 0.0  # set once the step margin is waited out
 
     def client() -> None:
-        while time.monotonic() < deadline:
-            with lock:
-                uid = next(it, None)
-            if uid is None:
-                return
-            pw = password(uid)
-            t0 = time.perf_counter()
-            try:
-                ok = imap_login_logout(port, uid, pw)
-            except OSError:
-                ok = False
-            dt = time.perf_counter() - t0
-            with lock:
-                lat.append(dt)
-                if not ok:
-                    fails[0] += 1
+        with session() as conn:
+            while time.monotonic() < deadline:
+                with lock:
+                    name = next(it, None)
+                if name is None:
+                    return
+                request = prepare(name)
+                t0 = time.perf_counter()
+                try:
+                    ok = attempt(conn, request)
+                except OSError:
+                    ok = False
+                dt = time.perf_counter() - t0
+                with lock:
+                    lat.append(dt)
+                    if not ok:
+                        fails[0] += 1
 
     wait_step_margin()
     started = time.monotonic()
@@ -120,6 +126,12 @@ def imap_cell(port: int, users: list[str], password: Password, clients: int, sec
         t.join()
     return {"lat_ms": [x * 1000 for x in lat], "fails": fails[0], "elapsed": time.monotonic() - started,
             "busy_ms": machine_busy_ms() - busy_before}
+
+
+def imap_cell(port: int, users: list[str], password: Password, clients: int, seconds: float) -> dict:
+    """`clients` IMAP clients log in as fast as they can for `seconds` (or until users run out)."""
+    return drive(users, clients, seconds, lambda uid: (uid, password(uid)),
+                 lambda _conn, up: imap_login_logout(port, *up))
 
 
 def machine_busy_ms() -> float:
@@ -319,43 +331,22 @@ def daemon_cell(sock: Path, names: list[str], conns: int, seconds: float) -> dic
     """`conns` persistent connections sending successful logins for `seconds`."""
     from mailmfa.daemon import protocol
 
-    it = iter(names)
-    lock = threading.Lock()
-    lat: list[float] = []
-    bad = [0]
-    deadline = 0.0  # set once the step margin is waited out
-
-    def client() -> None:
+    @contextlib.contextmanager
+    def connection() -> Iterator[tuple[socket.socket, Any]]:
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(30)
             s.connect(str(sock))
-            f = s.makefile("rb")
-            while time.monotonic() < deadline:
-                with lock:
-                    uid = next(it, None)
-                if uid is None:
-                    return
-                line = protocol.auth_request(uid, with_code(uid), "imap", "127.0.0.1")
-                t0 = time.perf_counter()
-                s.sendall(line)
-                answer = f.readline()
-                dt = time.perf_counter() - t0
-                with lock:
-                    lat.append(dt * 1000)
-                    if answer != b"OK ok\n":
-                        bad[0] += 1
+            yield s, s.makefile("rb")
 
-    wait_step_margin()
-    t0 = time.monotonic()
-    deadline = t0 + seconds
-    threads = [threading.Thread(target=client) for _ in range(conns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - t0
-    return {"auths": len(lat), "per_s": len(lat) / elapsed, "p50": median(lat), "p99": percentile(lat, 99),
-            "not_ok": bad[0]}
+    def attempt(conn: tuple[socket.socket, Any], line: bytes) -> bool:
+        conn[0].sendall(line)
+        return conn[1].readline() == b"OK ok\n"
+
+    r = drive(names, conns, seconds, lambda uid: protocol.auth_request(uid, with_code(uid), "imap", "127.0.0.1"),
+              attempt, connection)
+    lat = r["lat_ms"]
+    return {"auths": len(lat), "per_s": len(lat) / r["elapsed"], "p50": median(lat), "p99": percentile(lat, 99),
+            "not_ok": r["fails"]}
 
 
 # issue #7's goals, as ratios to the peer in the same run: (variant, clients, what, limit)
