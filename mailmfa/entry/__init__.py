@@ -3,6 +3,12 @@
 Kept here, in the package every entry point imports anyway, so sharing costs no import.
 """
 
+# exit statuses both protocols share (checkpassword and pam_exec read 0 as "let them in")
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+EXIT_TEMPFAIL = 111  # a temporary failure: never a wrong password, never an accept
+
 OPTIONS = ("--config", "--socket")
 
 

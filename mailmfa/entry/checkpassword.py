@@ -14,15 +14,14 @@ Reads `user\\0password\\0timestamp\\0` from fd 3, decides, and then
 import os
 import sys
 
+from mailmfa.entry import EXIT_FAIL, EXIT_TEMPFAIL, EXIT_USAGE, parse_options
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs a login ~4 ms
 if TYPE_CHECKING:  # annotations only: the login path imports these lazily
     from mailmfa.config import Config
     from mailmfa.core.types import Outcome
 
-EXIT_FAIL = 1
-EXIT_USAGE = 2
-EXIT_NOUSER = 3
-EXIT_TEMPFAIL = 111
+EXIT_NOUSER = 3  # checkpassword's own: unknown user on a userdb lookup
 MAX_INPUT = 1024  # Dovecot refuses user+password over 512 bytes before it runs us
 
 USAGE = """\
@@ -72,8 +71,6 @@ def parse_request(data: bytes) -> tuple[str, str] | None:
 
 def _parse_argv(argv: list[str]) -> "tuple[str | None, list[str], str | None] | str":
     """(config path, reply command, daemon socket) or a string naming the usage problem."""
-    from mailmfa.entry import parse_options
-
     parsed = parse_options(argv)
     if isinstance(parsed, str):
         return parsed

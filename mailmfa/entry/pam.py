@@ -21,15 +21,13 @@ config is read only when the daemon cannot be reached, and `[daemon] fallback` d
 import os
 import sys
 
+from mailmfa.entry import EXIT_FAIL, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE, parse_options
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs a login ~4 ms
 if TYPE_CHECKING:  # annotations only: the login path imports these lazily
     from mailmfa.core.types import Outcome, Request
     from mailmfa.log import LoginLog
 
-EXIT_OK = 0
-EXIT_FAIL = 1
-EXIT_USAGE = 2
-EXIT_TEMPFAIL = 111
 MAX_AUTHTOK = 511  # PAM_MAX_RESP_SIZE - 1: what pam_exec can send
 
 NEUTRAL_TYPES = frozenset({"account", "open_session", "close_session"})
@@ -85,8 +83,6 @@ def read_authtok(fd: int = 0, limit: int = MAX_AUTHTOK) -> bytes | None:
 def _parse_argv(argv: list[str]) -> "str | tuple[str | None, str | None]":
     """(config path, daemon socket), each None when not given, or a string naming the
     usage problem."""
-    from mailmfa.entry import parse_options
-
     parsed = parse_options(argv)
     if isinstance(parsed, str):
         return parsed
