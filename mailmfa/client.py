@@ -51,7 +51,11 @@ def exchange(path: str, line: bytes, timeout: float) -> tuple[str, str]:
             sock.connect(path)
         except OSError as exc:
             raise Unreachable(exc.strerror or type(exc).__name__) from None
-        sock.sendall(line)
+        try:
+            sock.sendall(line)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a daemon that turns the connection away (busy) answers and closes at once,
+            # maybe before this send: its answer is still there to read
         buf = b""
         while not buf.endswith(b"\n") and len(buf) < 256:
             chunk = sock.recv(256)
