@@ -88,15 +88,16 @@ def main() -> None:
         client = write_config(wd, ldap, "client.toml", f'[daemon]\nsocket = "{sock}"\nuse = "always"\n'
                               "fallback = false\n")
         authd = AuthdProcess(wd, client, sock).start()
-        shim = [str(SHIM)]  # its own #! line: python3 -IS
+        shim = [str(SHIM)]  # its own #! line: python3 -ISB
         script = [venv_bin("mailmfa-checkpassword")]
         it = iter(users)
         cases: dict[str, tuple[list[str], Path]] = {
-            "in-process (shim, python3 -IS)": (shim, plain),
+            "in-process (shim, python3 -ISB)": (shim, plain),
             "in-process (venv console script)": (script, plain),
             "client mode → daemon (shim)": (shim, client),
             "client mode → daemon (venv console script)": (script, client),
             "--socket → daemon (shim)": ([*shim, "--socket", str(sock)], client),
+            "--socket → daemon (venv console script)": ([*script, "--socket", str(sock)], client),
         }
         if args.baseline:
             cases["baseline in-process (shim)"] = (
