@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import time
 
-from mailmfa.log import LoginLog  # noqa: F401 - re-exported: the entry points' result line
-
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs a login ~4 ms
 if TYPE_CHECKING:
     from typing import Any

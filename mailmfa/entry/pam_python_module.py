@@ -53,8 +53,8 @@ def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
     """The login check; see the module docstring for the result mapping."""
     try:
         from mailmfa.core.types import Request, Verdict
-        from mailmfa.entry.common import LoginLog
         from mailmfa.entry.pam import decide
+        from mailmfa.log import LoginLog
 
         service = pamh.service or ""
         rip = pamh.rhost or ""
