@@ -1,5 +1,5 @@
 """What every per-login entry point shares: config loading, picking the backends, the
-in-process decision, and the one key=value result line.
+in-process decision (the one key=value result line is mailmfa.log.LoginLog).
 
 Kept free of heavy imports at module level: the entry points pay for every import on
 every login. A resident-daemon client can be tried before check_in_process() and fall
