@@ -33,9 +33,9 @@ from mailmfa.backends.ports import (
     UnknownUser,
 )
 from mailmfa.config import Config
-from mailmfa.core.enroll import NewToken, TokenState, parse_generalized_time
+from mailmfa.core.enroll import NewToken, parse_generalized_time
 from mailmfa.core.ldapescape import fill_filter
-from mailmfa.core.types import TotpParams
+from mailmfa.core.types import TokenState, TotpParams
 
 USER_CLASS = "oathTOTPUser"
 TOKEN_CLASS = "oathTOTPToken"

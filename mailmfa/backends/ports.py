@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Protocol
 from mailmfa.core.types import UserRecord
 
 if TYPE_CHECKING:  # the login path must not pay for importing the admin side
-    from mailmfa.core.enroll import NewToken, TokenState
-    from mailmfa.core.types import TotpParams
+    from mailmfa.core.enroll import NewToken
+    from mailmfa.core.types import TokenState, TotpParams
 
 
 class BackendUnavailable(Exception):

@@ -26,8 +26,7 @@ import stat
 from collections.abc import Iterator
 
 from mailmfa.backends.ports import BackendUnavailable
-from mailmfa.core.record import field, record
-from mailmfa.core.types import ALGORITHMS, Token, TotpParams, UserRecord
+from mailmfa.core.types import ALGORITHMS, Token, TokenState, TotpParams, UserRecord
 
 SCHEMA_VERSION = 1
 
@@ -60,31 +59,19 @@ UNAVAILABLE = "store_unavailable"
 _URI_ESCAPES = {"%": "%25", "?": "%3f", "#": "%23"}
 
 
-@record
-class TokenInfo:
-    """Everything stored for one user's token (the admin view); times are Unix seconds."""
-
-    user: str
-    secret: bytes = field(repr=False)
-    params: TotpParams
-    last_step: int | None = None
-    drift: int = 0
-    failure_count: int = 0
-    last_failure: int | None = None
-    last_login: int | None = None
-    secret_time: int | None = None
-
-    def token(self) -> Token:
-        """The login path's view (the DN of a SQLite token is the user name), with the
-        throttle state the core decides on."""
-        return Token(self.user, self.secret, self.params, self.last_step, self.drift,
-                     failure_count=self.failure_count, last_failure=self.last_failure)
-
-
-def _info(row: tuple) -> TokenInfo:
+def _state(row: tuple) -> TokenState:
+    """A stored row as the admin's view of the token (the DN of a SQLite token is the user name)."""
     user, secret, digits, period, algorithm, window, last, drift, fails, last_fail, last_login, stime = row
-    return TokenInfo(user, bytes(secret), TotpParams(digits, period, algorithm, window),
-                     last, drift, fails, last_fail, last_login, stime)
+    return TokenState(user, user, True, "", bytes(secret) or None, TotpParams(digits, period, algorithm, window),
+                      stime, last, drift, fails, last_fail, last_login,
+                      "" if secret else "the token has no usable secret")
+
+
+def login_token(state: TokenState) -> Token:
+    """The login path's view, with the throttle state the core decides on."""
+    assert state.params is not None
+    return Token(state.user, state.secret or b"", state.params, state.last_step, state.drift,
+                 failure_count=state.failure_count or 0, last_failure=state.last_failure)
 
 
 def _unavailable(exc: BaseException) -> BackendUnavailable:
@@ -192,7 +179,7 @@ class SqliteStore:
         info = self.get(user)
         if info is None:
             return None
-        return UserRecord(user, user, info.token())
+        return UserRecord(user, user, login_token(info))
 
     def record_success(self, record: UserRecord, step: int, now: float) -> bool:
         """Compare-and-swap, as the LDAP adapter's delete-old/add-new modify: move the
@@ -220,20 +207,20 @@ class SqliteStore:
         return int(rows[0][0]) if rows else 0
 
     # -- admin operations ----------------------------------------------------------------
-    def get(self, user: str) -> TokenInfo | None:
+    def get(self, user: str) -> TokenState | None:
         """The stored token of `user`, or None."""
         row = self._run(f"SELECT {_COLUMNS} FROM tokens WHERE user = ?", (user,)).fetchone()
         if row is None:
             return None
         try:
-            return _info(row)
+            return _state(row)
         except (TypeError, ValueError) as exc:
             raise BackendUnavailable("token_invalid", type(exc).__name__) from None
 
-    def list_tokens(self) -> list[TokenInfo]:
+    def list_tokens(self) -> list[TokenState]:
         """Every stored token, by user name."""
         rows = self._run(f"SELECT {_COLUMNS} FROM tokens ORDER BY user").fetchall()
-        return [_info(r) for r in rows]
+        return [_state(r) for r in rows]
 
     def list_enrolled(self, page_size: int = 500) -> Iterator[str]:
         """Every enrolled user's name, a page at a time (keyset pagination: a user added

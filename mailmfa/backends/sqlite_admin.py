@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from mailmfa.backends.ports import AdminError, AlreadyEnrolled, NotEnrolled, UnknownUser
-from mailmfa.backends.sqlite import SqliteStore, TokenInfo
+from mailmfa.backends.sqlite import SqliteStore
 from mailmfa.config import Config
-from mailmfa.core.enroll import NewToken, TokenState
-from mailmfa.core.types import TotpParams
+from mailmfa.core.enroll import NewToken
+from mailmfa.core.types import TokenState, TotpParams
 
 MAX_USER = 256  # as the login path and the LDAP admin
 
@@ -72,12 +72,12 @@ class SqliteTokenAdmin:
         if not user or len(user) > MAX_USER or any(ord(c) < 0x20 or c == "\x7f" for c in user):
             raise UnknownUser(f"{user!r}: not a valid user name")
 
-    def _require_user(self, user: str, info: TokenInfo | None) -> None:
+    def _require_user(self, user: str, info: TokenState | None) -> None:
         if info is None and not self._user_exists(user):
             where = "in the directory" if self.config.password.backend == "ldap" else "on this system"
             raise UnknownUser(f"{user}: no such user {where}")
 
-    def _get(self, user: str) -> TokenInfo | None:
+    def _get(self, user: str) -> TokenState | None:
         """The stored token; UnknownUser when the name has neither a token nor an account."""
         self._check_name(user)
         info = self.store.get(user)
@@ -94,12 +94,7 @@ class SqliteTokenAdmin:
         info = self._get(user)
         if info is None:
             return TokenState(user, user, False)
-        return TokenState(
-            user=user, dn=user, enrolled=True, secret=info.secret or None, params=info.params,
-            secret_time=info.secret_time, last_step=info.last_step, drift=info.drift,
-            failure_count=info.failure_count, last_failure=info.last_failure,
-            last_login=info.last_login, problem="" if info.secret else "the token has no usable secret",
-        )
+        return info
 
     def list_enrolled(self, page_size: int = 500) -> Iterator[str]:
         return self.store.list_enrolled(page_size)

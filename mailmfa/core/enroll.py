@@ -33,30 +33,6 @@ class NewToken:
     last_step: int | None = None
 
 
-@dataclass(frozen=True)
-class TokenState:
-    """A user's 2-step verification as the admin sees it. Times are Unix seconds.
-
-    `secret` is present for enrolled users (diagnose and resync need it) and never
-    appears in repr(). `problem` names a token that exists but cannot be used
-    (dangling link, missing secret, bad params) -- shown by `status`, not raised.
-    """
-
-    user: str
-    dn: str
-    enrolled: bool
-    token_dn: str = ""
-    secret: bytes | None = field(default=None, repr=False)
-    params: TotpParams | None = None
-    secret_time: float | None = None
-    last_step: int | None = None
-    drift: int = 0
-    failure_count: int | None = None
-    last_failure: float | None = None
-    last_login: float | None = None
-    problem: str = ""
-
-
 # ----------------------------------------------------------------------------- enrolment
 
 

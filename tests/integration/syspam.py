@@ -166,7 +166,7 @@ class SingleHost:
                               input=secret_text.encode(), env=env, capture_output=True, timeout=60, check=False)
         return proc.returncode, proc.stderr.decode()
 
-    def token(self, user: str):  # -> TokenInfo | None
+    def token(self, user: str):  # -> TokenState | None
         from mailmfa.backends.sqlite import SqliteStore
 
         store = SqliteStore(str(self.db), 5.0)
