@@ -171,3 +171,37 @@ def run_checkpassword(exe: list[str], config: Path, user: str, password: str,
     os.close(er)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
+
+
+def process_cpu(roots: dict[str, int]) -> dict[str, float]:
+    """CPU time (ms) spent so far by each process tree in `roots` (label -> pid), split by
+    process name: "<label>: <comm>" for live processes, "<label>: exited" for the children the
+    root has reaped (Dovecot's per-login imap and imap-login). Two calls around a cell, minus
+    each other, say where a login's CPU goes (bench/run.py --breakdown)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[str, int, int, int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        comm = raw[raw.index("(") + 1:raw.rindex(")")]
+        f = raw.rsplit(")", 1)[1].split()
+        procs[int(name)] = (comm, int(f[1]), int(f[11]) + int(f[12]), int(f[13]) + int(f[14]))
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    out: dict[str, float] = {}
+    for label, root in roots.items():
+        if root not in procs:
+            continue
+        out[f"{label}: exited"] = procs[root][3] * 1000 / tick
+        stack = [root]
+        while stack:
+            pid = stack.pop()
+            stack += children.get(pid, [])
+            key = f"{label}: {procs[pid][0]}"
+            out[key] = out.get(key, 0.0) + procs[pid][2] * 1000 / tick
+    return out

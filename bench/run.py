@@ -16,11 +16,13 @@ Through the same real Dovecot and slapd on loopback, IMAP LOGIN+LOGOUT with dist
                        reply, checking nothing: the least a Python checkpassword program costs
 
 cpu/login: the whole machine's busy CPU time during the cell divided by its logins (/proc/stat).
+--breakdown: the same per login by process (Dovecot's per-login imap/imap-login, its auth and
+auth-worker, the rest of Dovecot, slapd, mailmfa-authd, the load generator), from /proc/PID/stat.
 
 Then mailmfa-authd alone: authentications/s at 1/8/64 concurrent connections, and its RSS
 after --daemon-requests requests (default 20 000; --full: 100 000).
 
-    bench/run.py [--seconds 6] [--rounds 3] [--full] [--only NAME,...] [--json]
+    bench/run.py [--seconds 6] [--rounds 3] [--full] [--only NAME,...] [--breakdown] [--json]
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from common import (
     median,
     pam_authd_passdb,
     percentile,
+    process_cpu,
     remove_pam_services,
     remove_workdir,
     secret_of,
@@ -148,7 +151,12 @@ def summarize(parts: list[dict]) -> dict:
     """One cell's figures from its rounds."""
     ms = [x for p in parts for x in p["lat_ms"]]
     elapsed = sum(p["elapsed"] for p in parts)
-    return {"logins": len(ms), "fails": sum(p["fails"] for p in parts), "per_s": len(ms) / elapsed,
+    procs: dict[str, float] = {}
+    for p in parts:
+        for k, v in p.get("procs_ms", {}).items():
+            procs[k] = procs.get(k, 0.0) + v
+    return {"procs_ms": {k: v / max(1, len(ms)) for k, v in procs.items()},
+            "logins": len(ms), "fails": sum(p["fails"] for p in parts), "per_s": len(ms) / elapsed,
             "cpu_ms": sum(p["busy_ms"] for p in parts) / max(1, len(ms)),
             "p50": median(ms), "p95": percentile(ms, 95), "p99": percentile(ms, 99)}
 
@@ -204,6 +212,8 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated variant names (default all)")
     ap.add_argument("--ldap-client", choices=("ldap3", "python-ldap"), default=default_ldap_client(),
                     help="mailmfa-authd's [daemon] ldap_client (default: python-ldap when installed)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also print each variant's CPU per login by process (Dovecot's, slapd, mailmfa-authd)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if Dovecot.version() >= (2, 4):
@@ -248,19 +258,26 @@ def main() -> None:
         chosen = {name: v for name, v in variants.items() if not only or name in only}
         # every variant's Dovecot runs at once and the cells go in rounds (A B C ... A B C ...),
         # so a burst of load from other processes hits every variant alike
-        running: dict[str, tuple[Dovecot, Users, Password]] = {}
+        running: dict[str, tuple[Dovecot, Users, Password, dict[str, int]]] = {}
         for idx, (name, (server, passdb, extra, password)) in enumerate(chosen.items()):
             users = Users(server, f"v{idx}u", per_cell * len(levels) + 20)
             dc = Dovecot(wd / f"dc{idx}", passdb, extra=extra, auth_debug=False).start()
             servers.append(dc)
             imap_cell(dc.imap_port, users.take(10), password, 2, 60)  # warm-up (pages, workers)
-            running[name] = (dc, users, password)
+            roots = {"dovecot": dc.pid, "slapd": server.pid, "mailmfa-authd": authd.proc.pid}
+            running[name] = (dc, users, password, roots)
         parts: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in levels} for name in running}
         for _ in range(args.rounds):
             for c in levels:
-                for name, (dc, users, password) in running.items():
-                    parts[name][c].append(imap_cell(dc.imap_port, users.take(per_cell // args.rounds), password,
-                                                    c, args.seconds / args.rounds))
+                for name, (dc, users, password, roots) in running.items():
+                    before, own = process_cpu(roots), os.times()
+                    cell = imap_cell(dc.imap_port, users.take(per_cell // args.rounds), password,
+                                     c, args.seconds / args.rounds)
+                    after, own_after = process_cpu(roots), os.times()
+                    cell["procs_ms"] = {k: v - before.get(k, 0.0) for k, v in after.items()}
+                    cell["procs_ms"]["bench client"] = (own_after.user + own_after.system
+                                                        - own.user - own.system) * 1000
+                    parts[name][c].append(cell)
         for name in running:
             results[name] = {c: summarize(parts[name][c]) for c in levels}
             running[name][0].stop()
@@ -349,6 +366,30 @@ def daemon_cell(sock: Path, names: list[str], conns: int, seconds: float) -> dic
             "not_ok": r["fails"]}
 
 
+def print_breakdown(results: dict, levels: list[int]) -> None:
+    """CPU per login by process: where a variant's extra cost goes (per-process times are
+    exact; the machine total comes from /proc/stat ticks, so the rows need not add up to it)."""
+    def group(key: str) -> str:
+        if key.startswith("dovecot: ") and key[9:] not in ("exited", "auth"):
+            return "dovecot: master, config, log, stats, anvil"
+        return key
+    cols = ["dovecot: exited", "dovecot: auth", "dovecot: master, config, log, stats, anvil", "slapd: slapd",
+            "mailmfa-authd: mailmfa-authd", "bench client"]
+    short = ["imap+login", "auth", "dovecot etc", "slapd", "authd", "bench"]
+    print("\nCPU ms per login by process (imap+login: Dovecot's per-login imap and imap-login processes; "
+          "auth: auth and auth-worker)")
+    head = f"{'variant':24s} {'clients':>7s} " + " ".join(f"{x:>11s}" for x in short) + f" {'machine':>8s}"
+    print(head)
+    print("-" * len(head))
+    for c in levels:
+        for name, cells in results.items():
+            grouped: dict[str, float] = {}
+            for k, v in cells[c]["procs_ms"].items():
+                grouped[group(k)] = grouped.get(group(k), 0.0) + v
+            print(f"{name:24s} {c:7d} " + " ".join(f"{grouped.get(k, 0.0):11.2f}" for k in cols)
+                  + f" {cells[c]['cpu_ms']:8.2f}")
+
+
 # issue #7's goals, as ratios to the peer in the same run: (variant, clients, what, limit)
 GOALS = [("lua→authd", 8, "p50", 1.1), ("lua→authd", 8, "throughput", 1.0),
          ("checkpassword --socket", 1, "p50", 2.0), ("checkpassword --socket", 8, "p50", 2.0)]
@@ -388,6 +429,8 @@ def print_tables(results: dict, daemon: dict, levels: list[int], args: argparse.
                   f"{r['fails']:5d} {thr:7.2f}x {p50:7.2f}x {r['cpu_ms']:6.1f} ms")
     for line in goal_lines(results, levels):
         print(line)
+    if args.breakdown:
+        print_breakdown(results, levels)
     if "pam→authd" not in results and os.geteuid() != 0:
         print("pam→authd: not measured (needs root: it writes a PAM service under /etc/pam.d)")
     if daemon:
