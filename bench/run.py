@@ -194,12 +194,27 @@ def default_ldap_client() -> str:
 
 
 def ldap_passdb(workdir: Path, ldap: Slapd, name: str) -> str:
+    """Dovecot's own passdb ldap with an authentication bind to a DN template (one LDAP
+    request per login, no search): the ceiling, and with the otp overlay the native peer."""
+    if Dovecot.version() >= (2, 4):
+        return (f"driver = ldap\nldap_uris = {ldap.uri}\nldap_base = {ldap.people_dn}\n"
+                f"passdb_ldap_bind = yes\npassdb_ldap_bind_userdn = uid=%{{user}},{ldap.people_dn}")
     conf = workdir / f"{name}-ldap.conf.ext"
     conf.write_text(
         f"uris = {ldap.uri}\nldap_version = 3\nauth_bind = yes\n"
         f"auth_bind_userdn = uid=%u,{ldap.people_dn}\nbase = {ldap.people_dn}\n")
     conf.chmod(0o644)
     return f"driver = ldap\nargs = {conf}"
+
+
+def lua_passdb(sock: Path, worker: bool) -> tuple[str, str]:
+    """(passdb body, extra config) for the shipped Lua script, in auth workers or not, as the
+    README's snippet for the installed Dovecot writes it."""
+    if Dovecot.version() >= (2, 4):
+        return (f"driver = lua\nlua_file = {LUA_SCRIPT}\nuse_worker = {'yes' if worker else 'no'}\n"
+                f"lua_settings {{\n  mailmfa_socket = {sock}\n}}", "")
+    return (f"driver = lua\nargs = file={LUA_SCRIPT} blocking={'yes' if worker else 'no'}",
+            f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={sock}\n")
 
 
 def main() -> None:
@@ -216,8 +231,6 @@ def main() -> None:
                     help="also print each variant's CPU per login by process (Dovecot's, slapd, mailmfa-authd)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    if Dovecot.version() >= (2, 4):
-        sys.exit("bench/run.py drives Dovecot 2.3 configs (checkpassword, passdb args); 2.4 not supported yet")
     levels = [int(x) for x in args.clients.split(",")]
     load_before = os.getloadavg()
     per_cell = int(args.seconds * 300) + 50  # more users than any variant can log in
@@ -239,19 +252,25 @@ def main() -> None:
         rss_fresh = authd.rss_kib()
         shim = f"{SHIM}"
         cp_socket = f"driver = checkpassword\nargs = {shim} --socket {sock} --config {client_cfg}"
-        lua_env = f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={sock}\n"
+        lua_worker, lua_inproc = lua_passdb(sock, worker=True), lua_passdb(sock, worker=False)
         variants: dict[str, tuple[Slapd, str, str, Password]] = {
             "native passdb ldap": (ldap, ldap_passdb(wd, ldap, "native"), "", password_only),
             PEER: (otp_ldap, ldap_passdb(wd, otp_ldap, "otp"), "", with_code),
-            "checkpassword": (ldap, f"driver = checkpassword\nargs = {shim} --config {inproc_cfg}", "", with_code),
-            "checkpassword→authd": (ldap, f"driver = checkpassword\nargs = {shim} --config {client_cfg}", "",
-                                    with_code),
-            "checkpassword --socket": (ldap, cp_socket, "", with_code),
-            "lua→authd": (ldap, f"driver = lua\nargs = file={LUA_SCRIPT} blocking=yes", lua_env, with_code),
-            "lua→authd no worker": (ldap, f"driver = lua\nargs = file={LUA_SCRIPT} blocking=no", lua_env,
-                                    with_code),
-            FLOOR: (ldap, f"driver = checkpassword\nargs = {PY_FLOOR}", "", password_only),
         }
+        if Dovecot.has_checkpassword():  # the checkpassword driver is gone in 2.4
+            variants |= {
+                "checkpassword": (ldap, f"driver = checkpassword\nargs = {shim} --config {inproc_cfg}", "",
+                                  with_code),
+                "checkpassword→authd": (ldap, f"driver = checkpassword\nargs = {shim} --config {client_cfg}", "",
+                                        with_code),
+                "checkpassword --socket": (ldap, cp_socket, "", with_code),
+            }
+        variants |= {
+            "lua→authd": (ldap, *lua_worker, with_code),
+            "lua→authd no worker": (ldap, *lua_inproc, with_code),
+        }
+        if Dovecot.has_checkpassword():
+            variants[FLOOR] = (ldap, f"driver = checkpassword\nargs = {PY_FLOOR}", "", password_only)
         if pam_passdb := pam_authd_passdb(wd, sock, client_cfg):
             variants["pam→authd"] = (ldap, pam_passdb, "", with_code)
         only = {x.strip() for x in args.only.split(",") if x.strip()}
@@ -431,6 +450,8 @@ def print_tables(results: dict, daemon: dict, levels: list[int], args: argparse.
         print(line)
     if args.breakdown:
         print_breakdown(results, levels)
+    if not Dovecot.has_checkpassword():
+        print("checkpassword variants, python floor: not measured (Dovecot 2.4 has no checkpassword driver)")
     if "pam→authd" not in results and os.geteuid() != 0:
         print("pam→authd: not measured (needs root: it writes a PAM service under /etc/pam.d)")
     if daemon:
