@@ -396,9 +396,9 @@ def print_breakdown(results: dict, levels: list[int]) -> None:
         return key
     cols = ["dovecot: exited", "dovecot: auth", "dovecot: master, config, log, stats, anvil", "slapd: slapd",
             "mailmfa-authd: mailmfa-authd", "bench client"]
-    short = ["imap+login", "auth", "dovecot etc", "slapd", "authd", "bench"]
-    print("\nCPU ms per login by process (imap+login: Dovecot's per-login imap and imap-login processes; "
-          "auth: auth and auth-worker)")
+    short = ["exited", "auth", "dovecot etc", "slapd", "authd", "bench"]
+    print("\nCPU ms per login by process (exited: processes that ended during the cell, Dovecot's per-login "
+          "imap and imap-login, and pam_exec's programs; auth: auth and auth-worker)")
     head = f"{'variant':24s} {'clients':>7s} " + " ".join(f"{x:>11s}" for x in short) + f" {'machine':>8s}"
     print(head)
     print("-" * len(head))
