@@ -175,9 +175,10 @@ def run_checkpassword(exe: list[str], config: Path, user: str, password: str,
 
 def process_cpu(roots: dict[str, int]) -> dict[str, float]:
     """CPU time (ms) spent so far by each process tree in `roots` (label -> pid), split by
-    process name: "<label>: <comm>" for live processes, "<label>: exited" for the children the
-    root has reaped (Dovecot's per-login imap and imap-login). Two calls around a cell, minus
-    each other, say where a login's CPU goes (bench/run.py --breakdown)."""
+    process name: "<label>: <comm>" for live processes, "<label>: exited via <comm>" for the
+    exited ones, by the live process that reaped them (Dovecot's master reaps the per-login imap
+    and imap-login, the auth process the checkpassword and pam_exec programs). Two calls around a
+    cell, minus each other, say where a login's CPU goes (bench/run.py --breakdown)."""
     tick = os.sysconf("SC_CLK_TCK")
     procs: dict[int, tuple[str, int, int, int]] = {}
     for name in os.listdir("/proc"):
@@ -197,11 +198,11 @@ def process_cpu(roots: dict[str, int]) -> dict[str, float]:
     for label, root in roots.items():
         if root not in procs:
             continue
-        out[f"{label}: exited"] = procs[root][3] * 1000 / tick
         stack = [root]
         while stack:
             pid = stack.pop()
             stack += children.get(pid, [])
-            key = f"{label}: {procs[pid][0]}"
-            out[key] = out.get(key, 0.0) + procs[pid][2] * 1000 / tick
+            comm, _, own, reaped = procs[pid]
+            for key, ticks in ((f"{label}: {comm}", own), (f"{label}: exited via {comm}", reaped)):
+                out[key] = out.get(key, 0.0) + ticks * 1000 / tick
     return out

@@ -391,14 +391,20 @@ def print_breakdown(results: dict, levels: list[int]) -> None:
     """CPU per login by process: where a variant's extra cost goes (per-process times are
     exact; the machine total comes from /proc/stat ticks, so the rows need not add up to it)."""
     def group(key: str) -> str:
-        if key.startswith("dovecot: ") and key[9:] not in ("exited", "auth"):
-            return "dovecot: master, config, log, stats, anvil"
-        return key
-    cols = ["dovecot: exited", "dovecot: auth", "dovecot: master, config, log, stats, anvil", "slapd: slapd",
-            "mailmfa-authd: mailmfa-authd", "bench client"]
-    short = ["exited", "auth", "dovecot etc", "slapd", "authd", "bench"]
-    print("\nCPU ms per login by process (exited: processes that ended during the cell, Dovecot's per-login "
-          "imap and imap-login, and pam_exec's programs; auth: auth and auth-worker)")
+        if key == "dovecot: exited via dovecot":
+            return "per-login"
+        if key.startswith("dovecot: exited via"):
+            return "programs"
+        if key in ("dovecot: auth", "slapd: slapd", "mailmfa-authd: mailmfa-authd", "bench client"):
+            return key
+        if key.startswith("dovecot: "):
+            return "dovecot etc"
+        return "other"
+    cols = ["per-login", "programs", "dovecot: auth", "dovecot etc", "slapd: slapd", "mailmfa-authd: mailmfa-authd",
+            "bench client"]
+    short = ["per-login", "programs", "auth", "dovecot etc", "slapd", "authd", "bench"]
+    print("\nCPU ms per login by process (per-login: Dovecot's imap-login and imap processes; programs: "
+          "what the auth process ran, checkpassword or pam_exec's; auth: auth and auth-worker)")
     head = f"{'variant':24s} {'clients':>7s} " + " ".join(f"{x:>11s}" for x in short) + f" {'machine':>8s}"
     print(head)
     print("-" * len(head))
