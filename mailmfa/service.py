@@ -59,6 +59,12 @@ def _switch_off_after_reset(req: Request, record: UserRecord, directory: Directo
     return replace(record, token=None)
 
 
+def reuse_enabled(config: Config) -> bool:
+    """Whether logins consult a reuse window: `[policy] reuse_seconds` > 0, and not behind
+    slapd's otp overlay (which consumes the step at bind, where no window can apply)."""
+    return config.policy.reuse_seconds > 0 and not config.ldap.otp_overlay
+
+
 def authenticate(req: Request, directory: Directory, config: Config, now: float,
                  reuse: ReuseStore | MemoryReuseStore | None = None) -> Outcome:
     """Decide one login. Both factors are always evaluated; the outcome names the first
@@ -67,7 +73,7 @@ def authenticate(req: Request, directory: Directory, config: Config, now: float,
     `reuse`: the reuse store; when None and `[policy] reuse_seconds` > 0 one is opened on
     `[policy] state_file` for this call (mailmfa-authd passes its in-memory one)."""
     own = None
-    if reuse is None and config.policy.reuse_seconds > 0 and not config.ldap.otp_overlay:
+    if reuse is None and reuse_enabled(config):
         from mailmfa.backends.state import open_reuse_store
 
         reuse = own = open_reuse_store(config.policy.state_file, config.policy.reuse_seconds)

@@ -34,7 +34,7 @@ from mailmfa.backends.state import MemoryReuseStore
 from mailmfa.config import Config, ConfigError, load, resolve_path
 from mailmfa.core.types import Outcome, Request, Verdict
 from mailmfa.daemon import protocol
-from mailmfa.service import MAX_USER, authenticate
+from mailmfa.service import MAX_USER, authenticate, reuse_enabled
 
 USAGE = """\
 usage: mailmfa-authd [--config FILE] [--foreground] [--pid-file FILE] [--check]
@@ -481,7 +481,7 @@ class Daemon:
         else:
             req = Request(*args)
             cfg = state.config
-            reuse = self.reuse if cfg.policy.reuse_seconds > 0 and not cfg.ldap.otp_overlay else None
+            reuse = self.reuse if reuse_enabled(cfg) else None
             outcome = self._run(state, req.user, lambda d: authenticate(req, d, cfg, time.time(), reuse))
             fields = {"rip": req.rip or None, "service": req.service or None}
         self.served += 1

@@ -206,3 +206,14 @@ def test_hostile_names_refused_before_the_directory_is_asked(name):
     out = authenticate(Request(name, "pw" + code(T0), "imap", "192.0.2.1"), d, cfg(), T0)
     assert out.verdict is Verdict.REJECT and out.reason == "bad_input"
     assert d.binds == 0
+
+
+@pytest.mark.parametrize(("reuse", "overlay", "expected"), [(60, False, True), (0, False, False), (60, True, False)])
+def test_reuse_enabled_is_the_one_rule_for_every_face(reuse, overlay, expected):
+    """authenticate() (opening the state file) and mailmfa-authd (its memory window) both ask
+    reuse_enabled(): a window only with reuse_seconds > 0 and never behind the otp overlay."""
+    from mailmfa.service import reuse_enabled
+
+    config = parse({"ldap": {"user_base": "ou=people", "otp_overlay": overlay},
+                    "policy": {"reuse_seconds": reuse}})
+    assert reuse_enabled(config) is expected
