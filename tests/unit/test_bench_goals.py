@@ -15,8 +15,8 @@ def load_run():
     return run
 
 
-def cell(per_s: float, p50: float) -> dict:
-    return {"per_s": per_s, "p50": p50}
+def cell(per_s: float, p50: float, fails: int = 0) -> dict:
+    return {"per_s": per_s, "p50": p50, "fails": fails}
 
 
 def test_goals_met_and_not_met():
@@ -39,3 +39,12 @@ def test_unmeasured_cells_are_left_out():
     run = load_run()
     results = {run.PEER: {1: cell(100, 10.0)}, "lua→authd": {1: cell(90, 11.0)}}
     assert run.goal_lines(results, [1]) == []
+
+
+def test_no_ratio_when_either_side_failed_logins():
+    """A peer whose logins all failed (a broken config) answers fast: its ratio would read "met"."""
+    run = load_run()
+    results = {run.PEER: {8: cell(3, 2500.0, fails=16)}, "lua→authd": {8: cell(120, 65.0)}}
+    lines = run.goal_lines(results, [8])
+    assert len(lines) == 2
+    assert all("NOT measured (0 failed logins, the peer 16" in line for line in lines), lines
