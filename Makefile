@@ -38,6 +38,7 @@ bench: venv
 	"$(VENV)/bin/python" bench/run.py $(BENCH_ARGS)
 	"$(VENV)/bin/python" bench/startup.py
 	"$(VENV)/bin/python" bench/authd_cpu.py
+	"$(VENV)/bin/python" bench/lua_transport.py
 
 clean:
 	rm -rf .venv build *.egg-info
