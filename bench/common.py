@@ -55,7 +55,7 @@ def wait_step_margin(margin: float = 3.0, period: int = 30) -> None:
         time.sleep(left + 0.05)
 
 
-def write_config(workdir: Path, ldap: Slapd, name: str, daemon: str = "") -> Path:
+def write_config(workdir: Path, ldap: Slapd, name: str, daemon: str = "", uri: str | None = None) -> Path:
     secret = workdir / f"{name}.secret"
     secret.write_text(ldap.service_password + "\n")
     secret.chmod(0o644)
@@ -67,7 +67,7 @@ def write_config(workdir: Path, ldap: Slapd, name: str, daemon: str = "") -> Pat
     os.chown(state, pw.pw_uid, pw.pw_gid)
     path = workdir / name
     path.write_text(
-        f'[ldap]\nuris = ["{ldap.uri}"]\nbind_dn = "{ldap.service_dn}"\n'
+        f'[ldap]\nuris = ["{uri or ldap.uri}"]\nbind_dn = "{ldap.service_dn}"\n'
         f'bind_password_file = "{secret}"\nuser_base = "ou=people,{ldap.suffix}"\ntimeout = 3\n'
         f'[policy]\nstate_file = "{state}/state.db"\n'
         f"{daemon}"

@@ -193,17 +193,25 @@ def default_ldap_client() -> str:
     return "python-ldap"
 
 
+def ldap_uri(ldap: Slapd) -> str:
+    """Where every variant reaches slapd: loopback TCP, or with --ldapi its UNIX socket."""
+    return ldap.ldapi_uri if LDAPI else ldap.uri
+
+
+LDAPI = False  # --ldapi
+
+
 def ldap_passdb(workdir: Path, ldap: Slapd, name: str) -> str:
     """Dovecot's own passdb ldap with an authentication bind to a DN template (one LDAP
     request per login, no search): the ceiling, and with the otp overlay the native peer."""
     if Dovecot.version() >= (2, 4):
         # 2.4.1 insists on a filter even when the DN template makes it unused
-        return (f"driver = ldap\nldap_uris = {ldap.uri}\nldap_base = {ldap.people_dn}\n"
+        return (f"driver = ldap\nldap_uris = {ldap_uri(ldap)}\nldap_base = {ldap.people_dn}\n"
                 f"passdb_ldap_filter = (uid=%{{user}})\n"
                 f"passdb_ldap_bind = yes\npassdb_ldap_bind_userdn = uid=%{{user}},{ldap.people_dn}")
     conf = workdir / f"{name}-ldap.conf.ext"
     conf.write_text(
-        f"uris = {ldap.uri}\nldap_version = 3\nauth_bind = yes\n"
+        f"uris = {ldap_uri(ldap)}\nldap_version = 3\nauth_bind = yes\n"
         f"auth_bind_userdn = uid=%u,{ldap.people_dn}\nbase = {ldap.people_dn}\n")
     conf.chmod(0o644)
     return f"driver = ldap\nargs = {conf}"
@@ -231,8 +239,12 @@ def main() -> None:
                     help="mailmfa-authd's [daemon] ldap_client (default: python-ldap when installed)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also print each variant's CPU per login by process (Dovecot's, slapd, mailmfa-authd)")
+    ap.add_argument("--ldapi", action="store_true",
+                    help="every variant reaches slapd over its UNIX socket (ldapi://) instead of loopback TCP")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    global LDAPI
+    LDAPI = args.ldapi
     levels = [int(x) for x in args.clients.split(",")]
     load_before = os.getloadavg()
     per_cell = int(args.seconds * 300) + 50  # more users than any variant can log in
@@ -245,10 +257,10 @@ def main() -> None:
     daemon_results: dict = {}
     try:
         sock = wd / "authd.sock"
-        inproc_cfg = write_config(wd, ldap, "inproc.toml", '[daemon]\nuse = "never"\n')
+        inproc_cfg = write_config(wd, ldap, "inproc.toml", '[daemon]\nuse = "never"\n', uri=ldap_uri(ldap))
         client_cfg = write_config(wd, ldap, "client.toml",
                                   f'[daemon]\nsocket = "{sock}"\nuse = "always"\nfallback = false\n'
-                                  f'ldap_client = "{args.ldap_client}"\n')
+                                  f'ldap_client = "{args.ldap_client}"\n', uri=ldap_uri(ldap))
         authd = AuthdProcess(wd, client_cfg, sock).start()
         servers.append(authd)
         rss_fresh = authd.rss_kib()
