@@ -5,7 +5,9 @@ successful 2FA login, measured two ways against a real slapd.
   socket       the daemon process over one persistent connection: its CPU and slapd's, from
                /proc/PID/stat (what a Lua passdb connection costs the machine)
 
-    bench/authd_cpu.py [--users 3000] [--ldap-client auto|ldap3|python-ldap] [--profile]
+    bench/authd_cpu.py [--users 3000] [--ldap-client auto|ldap3|python-ldap] [--ldapi] [--profile]
+
+--ldapi: reach slapd over its UNIX socket instead of loopback TCP.
 
 --profile: the in-process loop under cProfile, top functions by own time.
 """
@@ -31,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--users", type=int, default=3000)
     ap.add_argument("--ldap-client", default="auto", choices=("auto", "ldap3", "python-ldap"))
+    ap.add_argument("--ldapi", action="store_true", help="slapd over its UNIX socket (ldapi://)")
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     from mailmfa.config import load
@@ -44,7 +47,8 @@ def main() -> None:
         n = args.users
         ldap.add_many_users(2 * n, prefix="c", password=lambda u: f"pw-{u}")
         sock = wd / "authd.sock"
-        cfg = write_config(wd, ldap, "c.toml", f'[daemon]\nsocket = "{sock}"\nldap_client = "{args.ldap_client}"\n')
+        cfg = write_config(wd, ldap, "c.toml", f'[daemon]\nsocket = "{sock}"\nldap_client = "{args.ldap_client}"\n',
+                           uri=ldap.ldapi_uri if args.ldapi else None)
         config = load(str(cfg))
         users = [f"c{i}" for i in range(2 * n)]
 
