@@ -6,7 +6,7 @@ VENV ?= $(shell if runuser -u dovecot -- test -x "$(CURDIR)/" 2>/dev/null; then 
 PYTEST_ARGS ?=
 RUFF ?= ruff
 
-.PHONY: deps venv test unit demo lint bench clean
+.PHONY: deps venv test unit demo lint bench deb clean
 deps:
 	@packaging/install-deps.sh
 
@@ -34,6 +34,10 @@ lint:
 	$(RUFF) check mailmfa tests checkpassword bench demo
 
 # BENCH_ARGS: e.g. --full (daemon RSS after 100 000 requests) or --seconds 10
+# the Debian package: dist/mailmfa_<version>_all.deb (apt install ./dist/mailmfa_*_all.deb)
+deb:
+	packaging/build-deb.sh dist
+
 bench: venv
 	"$(VENV)/bin/python" bench/run.py $(BENCH_ARGS)
 	"$(VENV)/bin/python" bench/startup.py

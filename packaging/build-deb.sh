@@ -1,0 +1,69 @@
+#!/bin/sh
+# Build mailmfa_<version>_all.deb from this checkout, with dpkg-deb alone (no debhelper, no
+# network): Debian's own python3-* packages provide the dependencies, so an admin installs
+# with `apt install ./dist/mailmfa_<version>_all.deb` and never runs pip against the system
+# Python (Debian 12 and 13 refuse that: PEP 668, "externally-managed-environment").
+#   usage: packaging/build-deb.sh [OUTDIR]        (default: dist/; prints the .deb's path)
+# Layout of the package (README, "Install"):
+#   /usr/lib/python3/dist-packages/mailmfa/   the library (sources; postinst compiles them)
+#   /usr/bin/mailmfa-checkpassword            the -ISB shim (checkpassword/), the per-login program
+#   /usr/bin/mailmfa-pam                      symlink to it (the name picks the program)
+#   /usr/bin/mailmfa, mailmfa-web, mailmfa-authd   from setup.cfg's console_scripts
+#   /etc/mailmfa/mailmfa.toml                 conffile (conf/mailmfa.toml)
+#   /usr/lib/systemd/system/mailmfa-authd.service  not enabled: it needs the config first
+#   /usr/share/mailmfa/conf/                  everything else under conf/ (Dovecot, Lua, LDAP, PAM, nginx)
+#   /usr/share/doc/mailmfa/                   README.md, copyright
+set -eu
+cd "$(dirname "$0")/.."
+OUT=$(mkdir -p "${1:-dist}" && cd "${1:-dist}" && pwd)
+VERSION=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' mailmfa/__init__.py)
+[ -n "$VERSION" ] || { echo "build-deb: no __version__ in mailmfa/__init__.py" >&2; exit 1; }
+STAGE=$(mktemp -d)
+trap 'rm -rf "$STAGE"' EXIT INT TERM
+umask 022
+R=$STAGE/root
+
+# the library: the package's files only (no __pycache__, no editor leftovers)
+PKG=$R/usr/lib/python3/dist-packages
+mkdir -p "$PKG"
+find mailmfa \( -name '*.py' -o -path 'mailmfa/web/templates/*.html' -o -path 'mailmfa/web/static/*.css' \) \
+  -type f | while read -r f; do install -D -m 0644 "$f" "$PKG/$f"; done
+
+# programs
+install -D -m 0755 checkpassword/mailmfa-checkpassword "$R/usr/bin/mailmfa-checkpassword"
+ln -s mailmfa-checkpassword "$R/usr/bin/mailmfa-pam"
+# console scripts other than the two per-login programs, from setup.cfg (one list to keep)
+/usr/bin/python3 - "$R/usr/bin" <<'EOF'
+import configparser, sys
+cfg = configparser.ConfigParser()
+cfg.read("setup.cfg")
+for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines():
+    name, _, target = (part.strip() for part in line.partition("="))
+    if name in ("mailmfa-checkpassword", "mailmfa-pam"):
+        continue  # the shim above
+    module, func = target.split(":")
+    path = f"{sys.argv[1]}/{name}"
+    with open(path, "w") as fh:
+        # -I: no PYTHONPATH, user site or current directory (run by root, by services)
+        fh.write(f"#!/usr/bin/python3 -I\nimport sys\n\nfrom {module} import {func}\n\nsys.exit({func}())\n")
+    import os
+    os.chmod(path, 0o755)
+EOF
+
+# configuration, unit, examples, documentation
+install -D -m 0640 conf/mailmfa.toml "$R/etc/mailmfa/mailmfa.toml"
+install -D -m 0644 packaging/mailmfa-authd.service "$R/usr/lib/systemd/system/mailmfa-authd.service"
+find conf -type f ! -name mailmfa.toml | while read -r f; do install -D -m 0644 "$f" "$R/usr/share/mailmfa/$f"; done
+install -D -m 0644 README.md "$R/usr/share/doc/mailmfa/README.md"
+install -D -m 0644 packaging/debian/copyright "$R/usr/share/doc/mailmfa/copyright"
+
+# control area
+mkdir -p "$R/DEBIAN"
+for f in postinst prerm postrm; do install -m 0755 "packaging/debian/$f" "$R/DEBIAN/$f"; done
+echo /etc/mailmfa/mailmfa.toml > "$R/DEBIAN/conffiles"
+SIZE=$(du -sk --exclude=DEBIAN "$R" | cut -f1)
+sed -e "s/@VERSION@/$VERSION/" -e "s/@SIZE@/$SIZE/" packaging/debian/control > "$R/DEBIAN/control"
+
+DEB=$OUT/mailmfa_${VERSION}_all.deb
+dpkg-deb --root-owner-group -Zxz --build "$R" "$DEB" >/dev/null
+echo "$DEB"

@@ -1,0 +1,134 @@
+"""The Debian package (packaging/build-deb.sh): built from this checkout, its contents checked
+against the checkout, then -- as root, on a machine where no mailmfa package is installed --
+installed with dpkg, used the way Dovecot uses it (a real login through the installed
+/usr/bin program, as the `dovecot` user), and purged."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mfa import code_at, token_user, wrong_code
+from servers import REPO_ROOT, Dovecot, Slapd
+
+pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not installed (not Debian)")
+
+PKG_DIR = "usr/lib/python3/dist-packages"
+
+
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def deb(workdir_factory: Callable[[], Path]) -> Path:
+    out = workdir_factory()
+    result = _run(str(REPO_ROOT / "packaging" / "build-deb.sh"), str(out), check=False)
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.strip())
+    assert path.is_file() and path.parent == out, result.stdout
+    return path
+
+
+def _listing(deb: Path) -> dict[str, str]:
+    """path (without ./) -> the `dpkg-deb -c` mode column, symlink targets as 'l->target'."""
+    out = {}
+    for line in _run("dpkg-deb", "-c", str(deb)).stdout.splitlines():
+        fields = line.split()
+        mode, name = fields[0], fields[5].removeprefix("./").rstrip("/")
+        out[name] = f"l->{fields[7]}" if mode.startswith("l") else mode
+    return out
+
+
+def test_package_holds_the_checkout_and_nothing_stale(deb: Path) -> None:
+    files = _listing(deb)
+    sources = {str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "mailmfa").rglob("*.py")}
+    prefix = PKG_DIR + "/"
+    packaged = {n.removeprefix(prefix) for n in files if n.startswith(prefix + "mailmfa") and n.endswith(".py")}
+    assert packaged == sources
+    assert not [n for n in files if "__pycache__" in n or n.endswith(".pyc")], "compiled files are postinst's job"
+    assert f"{PKG_DIR}/mailmfa/web/templates/base.html" in files  # package data the web page needs
+    # the per-login programs are the -ISB shim and its symlink (the name picks the program)
+    assert files["usr/bin/mailmfa-checkpassword"] == "-rwxr-xr-x"
+    assert files["usr/bin/mailmfa-pam"] == "l->mailmfa-checkpassword"
+    # every console script setup.cfg declares, under the name the docs and unit use
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO_ROOT / "setup.cfg")
+    scripts = [ln.split("=")[0].strip() for ln in cfg["options.entry_points"]["console_scripts"].strip().splitlines()]
+    assert {f"usr/bin/{s}" for s in scripts} <= set(files)
+    assert files["etc/mailmfa/mailmfa.toml"] == "-rw-r-----"  # holds no secret, but names the secret file
+    for shipped in ("usr/lib/systemd/system/mailmfa-authd.service", "usr/share/mailmfa/conf/dovecot/mailmfa.lua",
+                    "usr/share/mailmfa/conf/ldap/oath-schema.ldif", "usr/share/doc/mailmfa/copyright"):
+        assert shipped in files
+
+
+def test_control_names_debians_own_packages(deb: Path) -> None:
+    field = {k: _run("dpkg-deb", "-f", str(deb), k).stdout.strip() for k in ("Package", "Version", "Depends")}
+    version = (REPO_ROOT / "mailmfa" / "__init__.py").read_text().split('__version__ = "')[1].split('"')[0]
+    assert field["Package"] == "mailmfa" and field["Version"] == version
+    for dep in ("python3-ldap3", "python3-pyotp", "python3-segno"):
+        assert dep in field["Depends"]
+    assert _run("dpkg-deb", "--ctrl-tarfile", str(deb)).returncode == 0
+    conffiles = subprocess.run(["dpkg-deb", "-I", str(deb), "conffiles"], capture_output=True, text=True).stdout
+    assert conffiles.split() == ["/etc/mailmfa/mailmfa.toml"]
+
+
+@pytest.fixture(scope="module")
+def installed(deb: Path) -> Iterator[None]:
+    if os.geteuid() != 0:
+        pytest.skip("installing a package needs root")
+    if _run("dpkg-query", "-W", "-f=${Status}", "mailmfa", check=False).stdout.startswith("install ok"):
+        pytest.skip("a mailmfa package is installed on this machine: the test leaves it alone")
+    result = _run("dpkg", "-i", str(deb), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    try:
+        yield
+    finally:
+        _run("dpkg", "--purge", "mailmfa", check=False)
+
+
+def test_installed_programs_check_a_real_login(installed: None, slapd: Slapd, config: Path, workdir: Path,
+                                               dovecot_factory: Callable[..., Dovecot],
+                                               request: pytest.FixtureRequest) -> None:
+    root = Path("/") / PKG_DIR / "mailmfa"
+    compiled = list(root.rglob("*.pyc"))
+    assert compiled, "postinst compiles the modules"
+    unreadable = [p for p in compiled if not p.stat().st_mode & 0o004]
+    assert not unreadable, f"`dovecot` could not use these and would compile at every login: {unreadable[:3]}"
+    where = _run("/usr/bin/python3", "-I", "-c", "import mailmfa; print(mailmfa.__file__)").stdout.strip()
+    assert where == f"{root}/__init__.py", f"the system Python finds another mailmfa first: {where}"
+    assert "enroll" in _run("/usr/bin/mailmfa", "--help").stdout
+    check = _run("/usr/bin/mailmfa-authd", "--check", "--config", str(config), check=False)
+    assert check.returncode == 0 and "ok" in check.stdout + check.stderr, check.stdout + check.stderr
+
+    # Dovecot runs the installed program as `dovecot`: 2.3 through checkpassword, 2.4 through
+    # passdb pam -> pam_exec -> /usr/bin/mailmfa-pam (conf/pam.d/mailmfa as shipped)
+    if Dovecot.has_checkpassword():
+        dc = dovecot_factory(f"driver = checkpassword\nargs = /usr/bin/mailmfa-checkpassword --config {config}",
+                             workdir=workdir / "deb-dovecot")
+    else:
+        import syspam
+        from pamface import exec_service_text, passdb_pam
+
+        service = syspam.add_pam_service(exec_service_text(config, workdir / "deb-pam.log", "/usr/bin/mailmfa-pam"))
+        request.addfinalizer(lambda: syspam.remove_pam_service(service))
+        dc = dovecot_factory(passdb_pam(service), workdir=workdir / "deb-dovecot")
+    uid, password, secret = token_user(slapd, "deb")
+    assert secret is not None
+    now = time.time()
+    assert not dc.imap_login(uid, password + wrong_code(secret, now)).ok
+    assert dc.imap_login(uid, password + code_at(secret)).ok
+
+
+def test_purge_leaves_nothing(installed: None) -> None:
+    _run("dpkg", "--purge", "mailmfa")
+    for gone in ("/usr/bin/mailmfa-checkpassword", "/usr/bin/mailmfa-pam", "/etc/mailmfa",
+                 f"/{PKG_DIR}/mailmfa", "/usr/share/mailmfa"):
+        assert not os.path.lexists(gone), gone
