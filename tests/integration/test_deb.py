@@ -107,6 +107,9 @@ def test_installed_programs_check_a_real_login(installed: None, slapd: Slapd, co
     assert "enroll" in _run("/usr/bin/mailmfa", "--help").stdout
     check = _run("/usr/bin/mailmfa-authd", "--check", "--config", str(config), check=False)
     assert check.returncode == 0 and "ok" in check.stdout + check.stderr, check.stdout + check.stderr
+    if shutil.which("systemd-analyze"):  # the unit as installed: paths, directives, its ExecStart exists
+        unit = _run("systemd-analyze", "verify", "/usr/lib/systemd/system/mailmfa-authd.service", check=False)
+        assert unit.returncode == 0, unit.stdout + unit.stderr
 
     # Dovecot runs the installed program as `dovecot`: 2.3 through checkpassword, 2.4 through
     # passdb pam -> pam_exec -> /usr/bin/mailmfa-pam (conf/pam.d/mailmfa as shipped)
