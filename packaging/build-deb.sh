@@ -10,6 +10,7 @@
 #   /usr/bin/mailmfa-pam                      symlink to it (the name picks the program)
 #   /usr/bin/mailmfa, mailmfa-web, mailmfa-authd   from setup.cfg's console_scripts
 #   /etc/mailmfa/mailmfa.toml                 conffile (conf/mailmfa.toml)
+#   /etc/logrotate.d/mailmfa, /var/log/mailmfa/   pam_exec's log of mailmfa-pam
 #   /usr/lib/systemd/system/mailmfa-authd.service  not enabled: it needs the config first
 #   /usr/share/mailmfa/conf/                  everything else under conf/ (Dovecot, Lua, LDAP, PAM, nginx)
 #   /usr/share/doc/mailmfa/                   README.md, copyright
@@ -53,6 +54,9 @@ EOF
 # configuration, unit, examples, documentation
 install -D -m 0640 conf/mailmfa.toml "$R/etc/mailmfa/mailmfa.toml"
 install -D -m 0644 packaging/mailmfa-authd.service "$R/usr/lib/systemd/system/mailmfa-authd.service"
+install -D -m 0644 packaging/debian/logrotate "$R/etc/logrotate.d/mailmfa"
+# pam_exec cannot open log=/var/log/mailmfa/pam.log without it, and then refuses every login
+install -d -m 0750 "$R/var/log/mailmfa"
 find conf -type f ! -name mailmfa.toml | while read -r f; do install -D -m 0644 "$f" "$R/usr/share/mailmfa/$f"; done
 install -D -m 0644 README.md "$R/usr/share/doc/mailmfa/README.md"
 install -D -m 0644 packaging/debian/copyright "$R/usr/share/doc/mailmfa/copyright"
@@ -60,7 +64,7 @@ install -D -m 0644 packaging/debian/copyright "$R/usr/share/doc/mailmfa/copyrigh
 # control area
 mkdir -p "$R/DEBIAN"
 for f in postinst prerm postrm; do install -m 0755 "packaging/debian/$f" "$R/DEBIAN/$f"; done
-echo /etc/mailmfa/mailmfa.toml > "$R/DEBIAN/conffiles"
+printf "%s\n" /etc/mailmfa/mailmfa.toml /etc/logrotate.d/mailmfa > "$R/DEBIAN/conffiles"
 SIZE=$(du -sk --exclude=DEBIAN "$R" | cut -f1)
 sed -e "s/@VERSION@/$VERSION/" -e "s/@SIZE@/$SIZE/" packaging/debian/control > "$R/DEBIAN/control"
 

@@ -64,6 +64,7 @@ def test_package_holds_the_checkout_and_nothing_stale(deb: Path) -> None:
     scripts = [ln.split("=")[0].strip() for ln in cfg["options.entry_points"]["console_scripts"].strip().splitlines()]
     assert {f"usr/bin/{s}" for s in scripts} <= set(files)
     assert files["etc/mailmfa/mailmfa.toml"] == "-rw-r-----"  # holds no secret, but names the secret file
+    assert files["var/log/mailmfa"] == "drwxr-x---"  # without it pam_exec's log= fails every PAM login
     for shipped in ("usr/lib/systemd/system/mailmfa-authd.service", "usr/share/mailmfa/conf/dovecot/mailmfa.lua",
                     "usr/share/mailmfa/conf/ldap/oath-schema.ldif", "usr/share/doc/mailmfa/copyright"):
         assert shipped in files
@@ -77,7 +78,7 @@ def test_control_names_debians_own_packages(deb: Path) -> None:
         assert dep in field["Depends"]
     assert _run("dpkg-deb", "--ctrl-tarfile", str(deb)).returncode == 0
     conffiles = subprocess.run(["dpkg-deb", "-I", str(deb), "conffiles"], capture_output=True, text=True).stdout
-    assert conffiles.split() == ["/etc/mailmfa/mailmfa.toml"]
+    assert conffiles.split() == ["/etc/mailmfa/mailmfa.toml", "/etc/logrotate.d/mailmfa"]
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,11 @@ def test_installed_programs_check_a_real_login(installed: None, slapd: Slapd, co
     assert "enroll" in _run("/usr/bin/mailmfa", "--help").stdout
     check = _run("/usr/bin/mailmfa-authd", "--check", "--config", str(config), check=False)
     assert check.returncode == 0 and "ok" in check.stdout + check.stderr, check.stdout + check.stderr
+    log_dir = Path("/var/log/mailmfa")
+    assert log_dir.is_dir() and (log_dir.stat().st_mode & 0o777) == 0o750
+    if shutil.which("logrotate"):
+        rotate = _run("logrotate", "-d", "/etc/logrotate.d/mailmfa", check=False)
+        assert rotate.returncode == 0 and "error" not in rotate.stderr.lower(), rotate.stderr
     if shutil.which("systemd-analyze"):  # the unit as installed: paths, directives, its ExecStart exists
         unit = _run("systemd-analyze", "verify", "/usr/lib/systemd/system/mailmfa-authd.service", check=False)
         assert unit.returncode == 0, unit.stdout + unit.stderr
@@ -132,6 +138,7 @@ def test_installed_programs_check_a_real_login(installed: None, slapd: Slapd, co
 
 def test_purge_leaves_nothing(installed: None) -> None:
     _run("dpkg", "--purge", "mailmfa")
-    for gone in ("/usr/bin/mailmfa-checkpassword", "/usr/bin/mailmfa-pam", "/etc/mailmfa",
+    for gone in ("/usr/bin/mailmfa-checkpassword", "/usr/bin/mailmfa-pam", "/etc/mailmfa", "/var/log/mailmfa",
+                 "/etc/logrotate.d/mailmfa",
                  f"/{PKG_DIR}/mailmfa", "/usr/share/mailmfa"):
         assert not os.path.lexists(gone), gone
