@@ -38,6 +38,7 @@ from mailmfa.service import MAX_USER, authenticate, reuse_enabled
 
 USAGE = """\
 usage: mailmfa-authd [--config FILE] [--foreground] [--pid-file FILE] [--check]
+       mailmfa-authd --help | --version
 
 The mailmfa authentication daemon: answers login checks from mailmfa-checkpassword,
 mailmfa-pam and Dovecot's Lua passdb (conf/dovecot/mailmfa.lua) on a UNIX socket
@@ -48,6 +49,7 @@ mailmfa-pam and Dovecot's Lua passdb (conf/dovecot/mailmfa.lua) on a UNIX socket
                    otherwise fork once the socket listens and log to syslog (auth)
   --pid-file FILE  write the daemon's PID there
   --check          validate the config and exit
+  --version        print the version and exit
 
 Signals: SIGHUP reloads the config (a bad new config is logged and the old one kept;
 [daemon] socket and group changes need a restart); SIGTERM/SIGINT stop cleanly and
@@ -580,6 +582,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ("-h", "--help"):
         sys.stdout.write(USAGE)
+        return 0
+    if args == ["--version"]:
+        from mailmfa import __version__
+
+        sys.stdout.write(f"mailmfa-authd {__version__}\n")
         return 0
     opts = _parse_argv(args)
     if isinstance(opts, str):
