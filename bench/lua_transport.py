@@ -108,10 +108,13 @@ def passdbs(unix_path: Path, url: str) -> dict[str, tuple[str, str]]:
             "dovecot.http (TCP)": (f"driver = lua\nlua_file = {HTTP_SCRIPT}\nuse_worker = yes\n"
                                    f"lua_settings {{\n  mailmfa_url = {url}\n}}", ""),
         }
+    from authd import shipped_lua_args_23
+
+    args = shipped_lua_args_23()  # as shipped: auth workers, a cache key per connection
     return {
-        "lua-socket (UNIX)": (f"driver = lua\nargs = file={LUA_SCRIPT} blocking=yes",
+        "lua-socket (UNIX)": (f"driver = lua\nargs = {args.replace('/etc/dovecot/mailmfa.lua', str(LUA_SCRIPT))}",
                               f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={unix_path}\n"),
-        "dovecot.http (TCP)": (f"driver = lua\nargs = file={HTTP_SCRIPT} blocking=yes",
+        "dovecot.http (TCP)": (f"driver = lua\nargs = {args.replace('/etc/dovecot/mailmfa.lua', str(HTTP_SCRIPT))}",
                                f"import_environment = $import_environment MAILMFA_BENCH_URL={url}\n"),
     }
 

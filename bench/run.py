@@ -223,8 +223,12 @@ def lua_passdb(sock: Path, worker: bool) -> tuple[str, str]:
     if Dovecot.version() >= (2, 4):
         return (f"driver = lua\nlua_file = {LUA_SCRIPT}\nuse_worker = {'yes' if worker else 'no'}\n"
                 f"lua_settings {{\n  mailmfa_socket = {sock}\n}}", "")
-    return (f"driver = lua\nargs = file={LUA_SCRIPT} blocking={'yes' if worker else 'no'}",
-            f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={sock}\n")
+    from authd import shipped_lua_args_23
+
+    args = shipped_lua_args_23().replace("/etc/dovecot/mailmfa.lua", str(LUA_SCRIPT))
+    if not worker:
+        args = args.replace("blocking=yes", "blocking=no")
+    return (f"driver = lua\nargs = {args}", f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={sock}\n")
 
 
 def main() -> None:

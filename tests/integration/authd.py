@@ -107,8 +107,19 @@ def lua_passdb(socket_path: Path) -> tuple[str, str]:
         body = (f"driver = lua\nlua_file = {script}\nuse_worker = yes\n"
                 f"lua_settings {{\n  mailmfa_socket = {socket_path}\n}}")
         return body, ""
-    return (f"driver = lua\nargs = file={script} blocking=yes",
+    return (f"driver = lua\nargs = {shipped_lua_args_23().replace('/etc/dovecot/mailmfa.lua', str(script))}",
             f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={socket_path}\n")
+
+
+def shipped_lua_args_23() -> str:
+    """The `args =` of the 2.3 passdb block in conf/dovecot/auth-mailmfa-lua.conf.ext, as shipped
+    (blocking=yes, and the cache key that keeps Dovecot's auth cache from replaying a code)."""
+    import re
+
+    text = (LUA_SCRIPT.parent / "auth-mailmfa-lua.conf.ext").read_text()
+    match = re.search(r"(?m)^passdb \{\n  driver = lua\n  args = (file=/etc/dovecot/mailmfa\.lua .*)\n\}", text)
+    assert match, "conf/dovecot/auth-mailmfa-lua.conf.ext: the 2.3 passdb block changed shape"
+    return match.group(1)
 
 
 def race(slapd: object, sock: Path | str, line: bytes, n: int) -> list[bytes]:

@@ -489,3 +489,33 @@ def test_pam_entry_asks_the_daemon(authd, config, slapd):
     again = subprocess.run([str(exe), "--config", str(config)], input=(pw + code_at(secret)).encode(),
                            capture_output=True, env=env, timeout=30)
     assert again.returncode == 1 and b"reason=replay" in again.stderr and b"via=authd" in again.stderr
+
+
+def test_dovecot_auth_cache_never_replays_a_code(dovecot_factory, workdir, sock, config, authd, slapd, request):
+    """Many LDAP setups turn Dovecot's auth cache on globally. A cached password+code must never
+    let the same code in twice (Dovecot would answer from its cache without asking mailmfa).
+    2.3's passdb lua caches under %u unless told otherwise (and an empty cache_key= crashes
+    2.3.19's auth process): the shipped args give every connection its own key
+    (cache_key=%u%{session}), so nothing is ever found. checkpassword and pam keep no cache
+    key of their own; 2.4's Lua passdb caches only for a script with auth_passdb_get_cache_key."""
+    import syspam
+    from pamface import exec_service_text, pam_bin, passdb_pam
+
+    cache = "auth_cache_size = 1M\nauth_cache_ttl = 1 hour\nauth_cache_negative_ttl = 1 hour\n"
+    passdb, extra = lua_passdb(sock)
+    dovecots = {"lua": dovecot_factory(passdb, extra=extra + cache, workdir=workdir / "dc-lua-cache")}
+    if HAS_CHECKPASSWORD:
+        dovecots["checkpassword"] = dovecot_factory(
+            f"driver = checkpassword\nargs = {checkpassword_bin()} --config {config}", extra=cache,
+            workdir=workdir / "dc-cp-cache")
+    if pam_bin() is not None:
+        service = syspam.add_pam_service(exec_service_text(config, workdir / "cache-pam.log", pam_bin()))
+        request.addfinalizer(lambda: syspam.remove_pam_service(service))
+        dovecots["pam"] = dovecot_factory(passdb_pam(service), extra=cache, workdir=workdir / "dc-pam-cache")
+    for name, dc in dovecots.items():
+        uid, pw, secret = new_user(slapd, "cache")
+        wait_for_step_safe()
+        code = code_at(secret)
+        assert dc.imap_login(uid, pw + code, source_ip="127.0.0.31").ok, name
+        again = dc.imap_login(uid, pw + code, source_ip="127.0.0.32")  # strict config: a replay
+        assert not again.ok, f"{name}: Dovecot's auth cache accepted a used code: {again.text}"
