@@ -94,6 +94,19 @@ def passdb_pam(service: str) -> str:
     return f"driver = pam\nargs = {service}"
 
 
+def pam_24_globals() -> str:
+    """The settings conf/dovecot/auth-mailmfa-pam-2.4.conf.ext sets outside its blocks
+    (`auth_cache_size = 0`), to append after a test's own settings as the include would."""
+    lines, depth = [], 0
+    for line in PAM_24_SNIPPET.read_text().splitlines():
+        text = line.split("#", 1)[0].strip()
+        depth += text.count("{") - text.count("}")
+        if depth == 0 and "=" in text and "{" not in text and "}" not in text:
+            lines.append(text)
+    assert lines, f"{PAM_24_SNIPPET}: no global settings found"
+    return "\n".join(lines) + "\n"
+
+
 def dovecot_checking_with_mailmfa(dovecot_factory, config: Path, workdir: Path, request,  # noqa: ANN001
                                   name: str = "dovecot") -> Dovecot:
     """A Dovecot whose passdb checks every login with mailmfa and `config`: mailmfa-checkpassword
@@ -112,4 +125,4 @@ def dovecot_checking_with_mailmfa(dovecot_factory, config: Path, workdir: Path, 
         pytest.skip("Dovecot 2.4 runs mailmfa through mailmfa-pam, not installed in this venv (make venv)")
     service = syspam.add_pam_service(exec_service_text(config, workdir / f"{name}-pam.log", exe))
     request.addfinalizer(lambda: syspam.remove_pam_service(service))
-    return dovecot_factory(passdb_pam(service), workdir=workdir / name)
+    return dovecot_factory(passdb_pam(service), extra=pam_24_globals(), workdir=workdir / name)

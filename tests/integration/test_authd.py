@@ -496,10 +496,12 @@ def test_dovecot_auth_cache_never_replays_a_code(dovecot_factory, workdir, sock,
     let the same code in twice (Dovecot would answer from its cache without asking mailmfa).
     2.3's passdb lua caches under %u unless told otherwise (and an empty cache_key= crashes
     2.3.19's auth process): the shipped args give every connection its own key
-    (cache_key=%u%{session}), so nothing is ever found. checkpassword and pam keep no cache
-    key of their own; 2.4's Lua passdb caches only for a script with auth_passdb_get_cache_key."""
+    (cache_key=%u%{session}), so nothing is ever found. 2.4's passdb pam caches every success
+    under the user's name with no per-passdb switch: its shipped snippet sets auth_cache_size
+    = 0 after the admin's settings. checkpassword and 2.3's pam keep no cache key; 2.4's Lua
+    passdb caches only for a script with auth_passdb_get_cache_key."""
     import syspam
-    from pamface import exec_service_text, pam_bin, passdb_pam
+    from pamface import exec_service_text, pam_24_globals, pam_bin, passdb_pam
 
     cache = "auth_cache_size = 1M\nauth_cache_ttl = 1 hour\nauth_cache_negative_ttl = 1 hour\n"
     passdb, extra = lua_passdb(sock)
@@ -511,7 +513,9 @@ def test_dovecot_auth_cache_never_replays_a_code(dovecot_factory, workdir, sock,
     if pam_bin() is not None:
         service = syspam.add_pam_service(exec_service_text(config, workdir / "cache-pam.log", pam_bin()))
         request.addfinalizer(lambda: syspam.remove_pam_service(service))
-        dovecots["pam"] = dovecot_factory(passdb_pam(service), extra=cache, workdir=workdir / "dc-pam-cache")
+        # 2.4's shipped snippet turns the cache off (its passdb pam would cache); 2.3's needs not
+        globals_ = pam_24_globals() if not HAS_CHECKPASSWORD else ""
+        dovecots["pam"] = dovecot_factory(passdb_pam(service), extra=cache + globals_, workdir=workdir / "dc-pam-cache")
     for name, dc in dovecots.items():
         uid, pw, secret = new_user(slapd, "cache")
         wait_for_step_safe()
