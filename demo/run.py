@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from authd import Authd, lua_passdb  # noqa: E402
 from mailmfa.core.totp import hotp, time_step  # noqa: E402
-from pamface import exec_service_text, passdb_pam  # noqa: E402
+from pamface import exec_service_text, pam_24_globals, passdb_pam  # noqa: E402
 from servers import Dovecot, Slapd, make_workdir, remove_workdir, wait_for_step_safe  # noqa: E402
 
 USER, PASSWORD, ISSUER = "demo", "demo-password", "mailmfa demo"
@@ -113,6 +113,8 @@ def main() -> int:
             label = "passdb lua (conf/dovecot/mailmfa.lua) -> mailmfa-authd"
         elif use_pam:
             passdb, pam_file, label = pam_passdb(workdir, config)
+            if Dovecot.version() >= (2, 4):
+                extra = pam_24_globals()  # the shipped 2.4 snippet's auth_cache_size = 0
         else:
             passdb = f"driver = checkpassword\nargs = {checkpassword_bin()} --config {config}"
             label = "passdb checkpassword -> mailmfa-checkpassword"
