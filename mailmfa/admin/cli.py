@@ -45,9 +45,11 @@ MAX_WRONG_CODES = 5
 
 EXIT_TABLE = """\
 exit status:
-  0    done (status: the user is enrolled; diagnose: the code matches a time)
+  0    done (status: the user is enrolled; diagnose: the code matches a time;
+       check-setup: nothing found)
   1    refused: code not accepted, enrolment abandoned, already enrolled
-       (use --replace), resync codes not consecutive, diagnose: no match
+       (use --replace), resync codes not consecutive, diagnose: no match;
+       check-setup: something needs fixing
   2    usage error: bad arguments, malformed code
   3    no such user (or the name matches several entries)
   4    the user has no 2-step verification (status, diagnose, resync, disable, unlock)
@@ -528,6 +530,28 @@ def cmd_password_restored(ctx: Ctx) -> int:
     return _switch_off(ctx, ctx.args.user, "password_restore", missing_ok=True)
 
 
+# ----------------------------------------------------------------------------- check-setup
+
+
+def cmd_check_setup(ctx: Ctx) -> int:
+    from dataclasses import asdict
+
+    from mailmfa.admin.setup_check import gather
+
+    a = ctx.args
+    checks = gather(a.dovecot_config, a.pam_dir, a.saslauthd_defaults)
+    problems = [c for c in checks if not c.ok]
+    if a.json:
+        ctx.json({"ok": not problems, "problems": len(problems), "checks": [asdict(c) for c in checks]})
+    else:
+        for c in checks:
+            ctx.say(f"{'ok  ' if c.ok else 'FAIL'}  {c.what}: {c.detail}")
+            if c.fix:
+                ctx.say(f"      fix: {c.fix}")
+        ctx.say(f"{len(problems)} problem(s)" if problems else "no problems found")
+    return EXIT_REFUSED if problems else EXIT_OK
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -642,6 +666,19 @@ so the procedure can call it for everyone:
     mailmfa password-restored "$USER" || logger -p auth.err "mailmfa: 2FA not reset for $USER"
 """, cmd_password_restored)
     p.add_argument("user", metavar="USER")
+
+    p = add("check-setup", "look for caches that would accept a used code again", """\
+A cache in front of mailmfa answers a password+code it has accepted once without asking
+mailmfa again, so a replayed code gets in. Checks this machine's Dovecot configuration
+(doveconf) -- 2.3's passdb lua without a per-connection cache_key, 2.4's passdb pam with
+auth_cache_size set -- and saslauthd's -c credential cache in front of a PAM service that
+runs mailmfa, and says how to fix each. Reads no mailmfa configuration and changes
+nothing. Exit 0 when nothing was found, 1 when something needs fixing.""", cmd_check_setup)
+    p.add_argument("--dovecot-config", metavar="FILE", default="/etc/dovecot/dovecot.conf",
+                   help="Dovecot's configuration (default /etc/dovecot/dovecot.conf)")
+    p.add_argument("--pam-dir", metavar="DIR", default="/etc/pam.d", help="PAM services (default /etc/pam.d)")
+    p.add_argument("--saslauthd-defaults", metavar="FILE", default="/etc/default/saslauthd",
+                   help="saslauthd's settings (default /etc/default/saslauthd)")
     return parser
 
 

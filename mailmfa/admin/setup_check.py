@@ -1,0 +1,226 @@
+"""`mailmfa check-setup`: find the configurations around mailmfa that let a used code in again.
+
+A cache in front of mailmfa answers a password+code it has seen without asking mailmfa, so
+its replay rule never runs (README, "mailmfa-pam" and "Dovecot Lua passdb"): Dovecot 2.3's
+passdb lua caches under %u unless given a per-connection cache key, Dovecot 2.4's passdb pam
+caches whenever auth_cache_size is set, and saslauthd -c (Debian's default) caches for hours.
+
+The rules are pure functions over text (`doveconf -n -P` output, PAM service files,
+/etc/default/saslauthd); gather() is the thin part that runs doveconf and reads the files.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding: what was looked at, whether it is safe, and what to do if not."""
+
+    what: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class Dovecot:
+    """What check-setup needs from `doveconf -n -P`."""
+
+    version: tuple[int, ...]
+    auth_cache: bool
+    passdbs: list[dict[str, str]] = field(default_factory=list)
+
+
+def parse_doveconf(text: str) -> Dovecot:
+    """`doveconf -n -P` output (2.3 or 2.4) -> version, whether the auth cache is on, and the
+    passdbs' settings (nested blocks such as lua_settings are skipped). In 2.4 a passdb's
+    driver defaults to its name (`passdb pam { }`)."""
+    version: tuple[int, ...] = ()
+    first = text.splitlines()[0] if text else ""
+    if m := re.match(r"#\s*(\d+)\.(\d+)(?:\.(\d+))?", first):
+        version = tuple(int(x) for x in m.groups() if x is not None)
+    cache_size = "0"
+    passdbs: list[dict[str, str]] = []
+    depth = 0
+    current: dict[str, str] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("{"):
+            head = line[:-1].split()
+            if depth == 0 and head and head[0] == "passdb":
+                current = {"name": head[1] if len(head) > 1 else ""}
+                passdbs.append(current)
+            depth += 1
+            continue
+        if line == "}":
+            depth -= 1
+            if depth == 0:
+                current = None
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        key, value = key.strip(), value.strip()
+        if depth == 0 and key == "auth_cache_size":
+            cache_size = value
+        elif depth == 1 and current is not None:
+            current[key] = value
+    for p in passdbs:
+        p.setdefault("driver", p["name"])
+    return Dovecot(version, _size_is_nonzero(cache_size), passdbs)
+
+
+def _size_is_nonzero(value: str) -> bool:
+    m = re.match(r"\s*(\d+)", value)
+    return bool(m) and int(m.group(1)) > 0
+
+
+def _pam_service(passdb: dict[str, str], version: tuple[int, ...]) -> str:
+    if version >= (2, 4):
+        return passdb.get("passdb_pam_service_name") or passdb.get("service_name") or "dovecot"
+    words = [w for w in passdb.get("args", "").split() if "=" not in w]
+    return words[-1] if words else "dovecot"  # 2.3: args = [session=yes ...] [cache_key=...] SERVICE
+
+
+def uses_mailmfa(pam_text: str) -> bool:
+    """A PAM service file that hands the login to mailmfa (pam_exec or pam_python)."""
+    for line in pam_text.splitlines():
+        line = line.split("#", 1)[0]
+        if "mailmfa" in line and ("pam_exec" in line or "pam_python" in line):
+            return True
+    return False
+
+
+def dovecot_checks(dc: Dovecot, pam_file: Callable[[str], str | None]) -> list[Check]:
+    """The Dovecot rules. `pam_file(service)` returns /etc/pam.d/SERVICE's text or None."""
+    v = ".".join(map(str, dc.version)) or "?"
+    out: list[Check] = []
+    for p in dc.passdbs:
+        driver = p["driver"]
+        if driver == "lua" and "mailmfa" in (p.get("args", "") + p.get("lua_file", "")):
+            what = "Dovecot passdb lua (mailmfa.lua)"
+            if dc.version >= (2, 4):
+                out.append(Check(what, True, f"Dovecot {v} caches a Lua passdb only for a script with "
+                                 "auth_passdb_get_cache_key; mailmfa.lua has none"))
+            elif not dc.auth_cache:
+                out.append(Check(what, True, "auth cache off (auth_cache_size = 0)"))
+            elif "%{session}" in _arg(p.get("args", ""), "cache_key"):
+                out.append(Check(what, True, "auth cache on, but a cache key per connection (never found again)"))
+            else:
+                out.append(Check(what, False, f"auth cache on and Dovecot {v} caches this passdb under the user "
+                                 "name: a used password+code is accepted again from the cache",
+                                 "add cache_key=%u%{session} to this passdb's args "
+                                 "(conf/dovecot/auth-mailmfa-lua.conf.ext)"))
+        elif driver == "pam":
+            service = _pam_service(p, dc.version)
+            text = pam_file(service)
+            if text is None or not uses_mailmfa(text):
+                continue  # a PAM passdb that does not run mailmfa is none of our business
+            what = f"Dovecot passdb pam (PAM service {service})"
+            cache_key = _arg(p.get("args", ""), "cache_key") if dc.version < (2, 4) else ""
+            if not dc.auth_cache:
+                out.append(Check(what, True, "auth cache off (auth_cache_size = 0)"))
+            elif dc.version >= (2, 4) or cache_key:
+                out.append(Check(what, False, f"auth cache on and Dovecot {v} caches this passdb's successes: "
+                                 "a used password+code is accepted again from the cache",
+                                 "auth_cache_size = 0 (conf/dovecot/auth-mailmfa-pam-2.4.conf.ext sets it), "
+                                 "or the Lua passdb" if dc.version >= (2, 4) else
+                                 "remove cache_key= from this passdb's args"))
+            else:
+                out.append(Check(what, True, f"Dovecot {v} keeps no cache for passdb pam without cache_key="))
+        elif driver == "checkpassword" and "mailmfa" in p.get("args", ""):
+            out.append(Check("Dovecot passdb checkpassword (mailmfa-checkpassword)", True,
+                             "checkpassword passdbs are not cached"))
+    if not out:
+        out.append(Check("Dovecot", True, "no passdb runs mailmfa (nothing to check)"))
+    return out
+
+
+def _arg(args: str, key: str) -> str:
+    for word in args.split():
+        if word.startswith(key + "="):
+            return word[len(key) + 1:]
+    return ""
+
+
+def saslauthd_checks(defaults: str, pam_file: Callable[[str], str | None]) -> list[Check]:
+    """/etc/default/saslauthd: a credential cache (-c) in front of a PAM service running mailmfa."""
+    values: dict[str, str] = {}
+    for line in defaults.splitlines():
+        line = line.strip()
+        if line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        try:
+            words = shlex.split(value, comments=True)
+        except ValueError:
+            words = [value]
+        values[key.strip()] = " ".join(words)
+    if "pam" not in values.get("MECHANISMS", "").split():
+        return [Check("saslauthd", True, "not using PAM (MECHANISMS)")]
+    mailmfa_services = [s for s in ("smtp", "smtps", "submission") if uses_mailmfa(pam_file(s) or "")]
+    if not mailmfa_services:
+        return [Check("saslauthd", True, "PAM services smtp/submission do not run mailmfa")]
+    options = values.get("OPTIONS", "").split()
+    caching = any(o.startswith("-") and not o.startswith("--") and "c" in o[1:] for o in options)
+    what = f"saslauthd -a pam (PAM service {', '.join(mailmfa_services)})"
+    if caching:
+        return [Check(what, False, "OPTIONS has -c: saslauthd caches every accepted password+code (8 hours "
+                      "by default) and accepts it again without asking PAM",
+                      "remove -c from OPTIONS in /etc/default/saslauthd, then restart saslauthd")]
+    return [Check(what, True, "no credential cache (-c not set)")]
+
+
+def gather(dovecot_config: str, pam_dir: str, saslauthd_defaults: str, timeout: float = 20.0) -> list[Check]:
+    """Run the rules on this machine: `doveconf -c FILE -n -P`, PAM_DIR/SERVICE files and the
+    saslauthd defaults file. Something not installed is reported as nothing to check."""
+    import os
+    import shutil
+    import subprocess
+
+    def pam_file(service: str) -> str | None:
+        if "/" in service or service.startswith("."):
+            return None
+        try:
+            with open(os.path.join(pam_dir, service), encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except OSError:
+            return None
+
+    checks: list[Check] = []
+    doveconf = shutil.which("doveconf") or shutil.which("doveconf", path="/usr/bin:/usr/sbin")
+    if doveconf is None:
+        checks.append(Check("Dovecot", True, "not installed (no doveconf)"))
+    elif not os.path.exists(dovecot_config):
+        checks.append(Check("Dovecot", True, f"no {dovecot_config}"))
+    else:
+        stdout, error = "", ""
+        try:
+            run = subprocess.run([doveconf, "-c", dovecot_config, "-n", "-P"], capture_output=True, text=True,
+                                 timeout=timeout)
+            stdout = run.stdout
+            if run.returncode != 0:
+                error = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            error = str(exc)
+        if error:
+            checks.append(Check("Dovecot", False, f"doveconf could not read {dovecot_config}: {error}",
+                                f"run: doveconf -c {dovecot_config} -n"))
+        else:
+            checks += dovecot_checks(parse_doveconf(stdout), pam_file)
+    try:
+        with open(saslauthd_defaults, encoding="utf-8", errors="replace") as fh:
+            checks += saslauthd_checks(fh.read(), pam_file)
+    except FileNotFoundError:
+        checks.append(Check("saslauthd", True, f"not installed (no {saslauthd_defaults})"))
+    except OSError as exc:
+        checks.append(Check("saslauthd", False, f"cannot read {saslauthd_defaults}: {exc.strerror}",
+                            "run check-setup as root"))
+    return checks

@@ -1,0 +1,71 @@
+"""`mailmfa check-setup` against the installed Dovecot's own doveconf: the shipped snippets pass
+with the auth cache on, the configurations that replay a code are named with their fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from authd import lua_passdb
+from pamface import PAM_CONF, pam_24_globals, passdb_pam
+from servers import Dovecot
+
+CACHE_ON = "auth_cache_size = 1M\n"
+
+
+def mailmfa_bin() -> str:
+    exe = Path(sys.prefix) / "bin" / "mailmfa"
+    if not exe.exists():
+        pytest.skip(f"{exe} not installed (make venv)")
+    return str(exe)
+
+
+def check(tmp: Path, passdb: str, extra: str, sasl_options: str = "-m /var/run/saslauthd") -> tuple[int, str]:
+    """Write a dovecot.conf (the harness's, never started), a PAM dir and saslauthd defaults,
+    and run check-setup on them."""
+    dc = Dovecot(tmp / "dc", passdb, extra=extra)
+    conf = tmp / "dovecot.conf"
+    conf.write_text(dc.config_text())
+    pam_dir = tmp / "pam.d"
+    pam_dir.mkdir(exist_ok=True)
+    (pam_dir / "mailmfa").write_text((PAM_CONF / "mailmfa").read_text())  # as shipped
+    (pam_dir / "smtp").write_text((PAM_CONF / "mailmfa").read_text())
+    defaults = tmp / "saslauthd"
+    defaults.write_text(f'START=yes\nMECHANISMS="pam"\nOPTIONS="{sasl_options}"\n')
+    out = subprocess.run([mailmfa_bin(), "check-setup", "--dovecot-config", str(conf), "--pam-dir", str(pam_dir),
+                          "--saslauthd-defaults", str(defaults)], capture_output=True, text=True, timeout=60)
+    return out.returncode, out.stdout + out.stderr
+
+
+def test_shipped_lua_snippet_passes_with_the_cache_on(tmp_path: Path) -> None:
+    passdb, extra = lua_passdb(tmp_path / "authd.sock")
+    code, text = check(tmp_path, passdb, extra + CACHE_ON)
+    assert code == 0, text
+    assert "ok    Dovecot passdb lua (mailmfa.lua)" in text
+
+
+@pytest.mark.skipif(Dovecot.version() >= (2, 4), reason="2.4 does not cache the Lua passdb")
+def test_23_lua_without_the_session_key_is_named(tmp_path: Path) -> None:
+    passdb, extra = lua_passdb(tmp_path / "authd.sock")
+    code, text = check(tmp_path, passdb.replace(" cache_key=%u%{session}", ""), extra + CACHE_ON)
+    assert code == 1, text
+    assert "FAIL  Dovecot passdb lua (mailmfa.lua)" in text and "fix: add cache_key=%u%{session}" in text
+
+
+def test_pam_passdb_with_the_cache_on(tmp_path: Path) -> None:
+    code, text = check(tmp_path, passdb_pam("mailmfa"), CACHE_ON)
+    if Dovecot.version() >= (2, 4):  # caches passdb pam: the shipped snippet's global turns it off
+        assert code == 1 and "FAIL  Dovecot passdb pam (PAM service mailmfa)" in text, text
+        code, text = check(tmp_path, passdb_pam("mailmfa"), CACHE_ON + pam_24_globals())
+    assert code == 0, text
+    assert "ok    Dovecot passdb pam (PAM service mailmfa)" in text
+
+
+def test_saslauthd_cache_is_named(tmp_path: Path) -> None:
+    passdb, extra = lua_passdb(tmp_path / "authd.sock")
+    code, text = check(tmp_path, passdb, extra, sasl_options="-c -m /var/run/saslauthd")
+    assert code == 1, text
+    assert "FAIL  saslauthd -a pam (PAM service smtp)" in text and "remove -c from OPTIONS" in text

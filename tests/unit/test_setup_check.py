@@ -1,0 +1,98 @@
+"""check-setup's rules over doveconf / PAM / saslauthd text (pure; the real doveconf runs in
+tests/integration/test_check_setup.py)."""
+
+from mailmfa.admin.setup_check import dovecot_checks, parse_doveconf, saslauthd_checks, uses_mailmfa
+
+MAILMFA_PAM = "auth required pam_exec.so expose_authtok quiet log=/var/log/mailmfa/pam.log /usr/bin/mailmfa-pam\n"
+OTHER_PAM = "@include common-auth\n"
+
+V23 = """# 2.3.19.1 (9b53102964): /etc/dovecot/dovecot.conf
+auth_cache_size = 1 M
+passdb {
+  args = file=/etc/dovecot/mailmfa.lua blocking=yes{cache}
+  driver = lua
+}
+passdb {
+  args = {pamargs}mailmfa
+  driver = pam
+}
+"""
+
+V24 = """# 2.4.1-4 (7d8c0e5759): /etc/dovecot/dovecot.conf
+{cache}passdb lua {
+  lua_file = /etc/dovecot/mailmfa.lua
+  lua_settings {
+    mailmfa_socket = /run/mailmfa/authd.sock
+  }
+  use_worker = yes
+}
+passdb pam {
+  service_name = mailmfa
+}
+"""
+
+
+def pam(files):
+    return lambda service: files.get(service)
+
+
+def verdicts(checks):
+    return [(c.what, c.ok) for c in checks]
+
+
+def test_parse_reads_version_cache_and_passdbs():
+    dc = parse_doveconf(V23.replace("{cache}", "").replace("{pamargs}", ""))
+    assert dc.version == (2, 3, 19) and dc.auth_cache
+    assert [p["driver"] for p in dc.passdbs] == ["lua", "pam"]
+    dc = parse_doveconf(V24.replace("{cache}", ""))
+    assert dc.version == (2, 4, 1) and not dc.auth_cache  # 0 is the default, so doveconf -n omits it
+    assert dc.passdbs[0] == {"name": "lua", "lua_file": "/etc/dovecot/mailmfa.lua", "use_worker": "yes",
+                             "driver": "lua"}  # lua_settings skipped; 2.4's driver is the name
+    assert parse_doveconf("# 2.3.19\nauth_cache_size = 0\n").auth_cache is False
+
+
+def test_23_lua_needs_a_key_per_connection_when_the_cache_is_on():
+    files = pam({"mailmfa": MAILMFA_PAM})
+    bad = dovecot_checks(parse_doveconf(V23.replace("{cache}", "").replace("{pamargs}", "")), files)
+    assert verdicts(bad)[0] == ("Dovecot passdb lua (mailmfa.lua)", False)
+    assert "cache_key=%u%{session}" in bad[0].fix
+    good = dovecot_checks(parse_doveconf(V23.replace("{cache}", " cache_key=%u%{session}")
+                                         .replace("{pamargs}", "")), files)
+    assert all(ok for _, ok in verdicts(good)), good  # 2.3's pam without cache_key= is not cached
+    off = parse_doveconf(V23.replace("auth_cache_size = 1 M", "auth_cache_size = 0")
+                         .replace("{cache}", "").replace("{pamargs}", ""))
+    assert all(c.ok for c in dovecot_checks(off, files))
+
+
+def test_23_pam_with_a_cache_key_is_refused():
+    dc = parse_doveconf(V23.replace("{cache}", " cache_key=%u%{session}").replace("{pamargs}", "cache_key=%u "))
+    checks = dovecot_checks(dc, pam({"mailmfa": MAILMFA_PAM}))
+    assert ("Dovecot passdb pam (PAM service mailmfa)", False) in verdicts(checks)
+
+
+def test_24_pam_needs_the_cache_off_and_lua_is_never_cached():
+    files = pam({"mailmfa": MAILMFA_PAM})
+    on = dovecot_checks(parse_doveconf(V24.replace("{cache}", "auth_cache_size = 1M\n")), files)
+    assert verdicts(on) == [("Dovecot passdb lua (mailmfa.lua)", True),
+                            ("Dovecot passdb pam (PAM service mailmfa)", False)]
+    assert "auth_cache_size = 0" in on[1].fix
+    off = dovecot_checks(parse_doveconf(V24.replace("{cache}", "")), files)
+    assert all(c.ok for c in off)
+
+
+def test_pam_passdbs_not_running_mailmfa_are_left_alone():
+    checks = dovecot_checks(parse_doveconf(V24.replace("{cache}", "auth_cache_size = 1M\n")),
+                            pam({"mailmfa": OTHER_PAM}))
+    assert verdicts(checks) == [("Dovecot passdb lua (mailmfa.lua)", True)]
+    assert uses_mailmfa(MAILMFA_PAM) and not uses_mailmfa("# pam_exec.so /usr/bin/mailmfa-pam\n" + OTHER_PAM)
+
+
+def test_saslauthd_cache_in_front_of_mailmfa():
+    debian = 'START=yes\nMECHANISMS="pam"\nOPTIONS="-c -m /var/run/saslauthd"\n'
+    files = pam({"smtp": MAILMFA_PAM})
+    bad = saslauthd_checks(debian, files)
+    assert [c.ok for c in bad] == [False] and "remove -c" in bad[0].fix
+    assert saslauthd_checks(debian.replace("-c ", ""), files)[0].ok
+    assert saslauthd_checks(debian, pam({"smtp": OTHER_PAM}))[0].ok  # smtp does not run mailmfa
+    assert saslauthd_checks(debian.replace('"pam"', '"shadow"'), files)[0].ok
+    assert not saslauthd_checks(debian.replace('"-c -m', '"-cr -m'), files)[0].ok  # combined flags
