@@ -38,40 +38,45 @@ class Dovecot:
 
 def parse_doveconf(text: str) -> Dovecot:
     """`doveconf -n -P` output (2.3 or 2.4) -> version, whether the auth cache is on, and the
-    passdbs' settings (nested blocks such as lua_settings are skipped). In 2.4 a passdb's
-    driver defaults to its name (`passdb pam { }`)."""
+    passdbs' settings. In 2.4 a passdb's driver defaults to its name (`passdb pam { }`), and
+    doveconf prints a driver's settings of a passdb named otherwise in a nested block
+    (`passdb x { driver = pam  passdb_pam { service_name = S } }`): read back as their full
+    name, passdb_pam_service_name. Other nested blocks (lua_settings) are skipped."""
     version: tuple[int, ...] = ()
     first = text.splitlines()[0] if text else ""
     if m := re.match(r"#\s*(\d+)\.(\d+)(?:\.(\d+))?", first):
         version = tuple(int(x) for x in m.groups() if x is not None)
     cache_size = "0"
     passdbs: list[dict[str, str]] = []
-    depth = 0
+    blocks: list[str] = []  # the open blocks' first words
     current: dict[str, str] | None = None
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if line.endswith("{"):
-            head = line[:-1].split()
-            if depth == 0 and head and head[0] == "passdb":
+            head = line[:-1].split() or [""]
+            if not blocks and head[0] == "passdb":
                 current = {"name": head[1] if len(head) > 1 else ""}
                 passdbs.append(current)
-            depth += 1
+            blocks.append(head[0])
             continue
         if line == "}":
-            depth -= 1
-            if depth == 0:
+            if blocks:
+                blocks.pop()
+            if not blocks:
                 current = None
             continue
         key, sep, value = line.partition("=")
         if not sep:
             continue
         key, value = key.strip(), value.strip()
-        if depth == 0 and key == "auth_cache_size":
+        if not blocks and key == "auth_cache_size":
             cache_size = value
-        elif depth == 1 and current is not None:
+        elif current is not None and len(blocks) == 1:
             current[key] = value
+        elif current is not None and len(blocks) == 2 and blocks[1].startswith("passdb_"):
+            current[f"{blocks[1]}_{key}"] = value
     for p in passdbs:
         p.setdefault("driver", p["name"])
     return Dovecot(version, _size_is_nonzero(cache_size), passdbs)

@@ -96,3 +96,13 @@ def test_saslauthd_cache_in_front_of_mailmfa():
     assert saslauthd_checks(debian, pam({"smtp": OTHER_PAM}))[0].ok  # smtp does not run mailmfa
     assert saslauthd_checks(debian.replace('"pam"', '"shadow"'), files)[0].ok
     assert not saslauthd_checks(debian.replace('"-c -m', '"-cr -m'), files)[0].ok  # combined flags
+
+
+def test_24_driver_settings_of_a_passdb_named_otherwise():
+    """doveconf prints `passdb mailmfa { driver = pam  passdb_pam { service_name = S } }`."""
+    text = ("# 2.4.1-4 (7d8c0e5759): x\nauth_cache_size = 1M\npassdb mailmfa {\n  driver = pam\n"
+            "  passdb_pam {\n    service_name = mmfa1\n  }\n}\n")
+    dc = parse_doveconf(text)
+    assert dc.passdbs == [{"name": "mailmfa", "driver": "pam", "passdb_pam_service_name": "mmfa1"}]
+    checks = dovecot_checks(dc, pam({"mmfa1": MAILMFA_PAM}))
+    assert verdicts(checks) == [("Dovecot passdb pam (PAM service mmfa1)", False)]
