@@ -11,8 +11,8 @@
 --   Dovecot 2.3: import_environment = $import_environment MAILMFA_AUTHD_SOCKET=/run/...
 --                (and MAILMFA_AUTHD_TIMEOUT=seconds)
 --   default:     /run/mailmfa/authd.sock, 15 s
--- Run it in auth workers (2.3: args = file=... blocking=yes cache_key=%u%{session}, the
--- cache key keeping Dovecot's auth cache from accepting a used code again; 2.4: use_worker = yes):
+-- Run it in auth workers (2.3: args = file=... blocking=yes; 2.4: use_worker = yes), and on
+-- 2.3 with auth_cache_size = 0 (auth-mailmfa-lua.conf.ext says why):
 -- it blocks on the socket, and the workers let several logins wait at once.
 
 local unix = require("socket.unix")

@@ -670,8 +670,8 @@ so the procedure can call it for everyone:
     p = add("check-setup", "look for caches that would accept a used code again", """\
 A cache in front of mailmfa answers a password+code it has accepted once without asking
 mailmfa again, so a replayed code gets in. Checks this machine's Dovecot configuration
-(doveconf) -- 2.3's passdb lua without a per-connection cache_key, 2.4's passdb pam with
-auth_cache_size set -- and saslauthd's -c credential cache in front of a PAM service that
+(doveconf) -- 2.3's passdb lua or 2.4's passdb pam with auth_cache_size set, 2.3's
+passdb pam with a cache_key -- and saslauthd's -c credential cache in front of a PAM service that
 runs mailmfa, and says how to fix each. Reads no mailmfa configuration and changes
 nothing. Exit 0 when nothing was found, 1 when something needs fixing.""", cmd_check_setup)
     p.add_argument("--dovecot-config", metavar="FILE", default="/etc/dovecot/dovecot.conf",

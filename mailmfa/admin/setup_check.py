@@ -2,8 +2,9 @@
 
 A cache in front of mailmfa answers a password+code it has seen without asking mailmfa, so
 its replay rule never runs (README, "mailmfa-pam" and "Dovecot Lua passdb"): Dovecot 2.3's
-passdb lua caches under %u unless given a per-connection cache key, Dovecot 2.4's passdb pam
-caches whenever auth_cache_size is set, and saslauthd -c (Debian's default) caches for hours.
+passdb lua and 2.4's passdb pam cache whenever auth_cache_size is set (a per-connection
+cache key does not help SMTP AUTH, which has no session), and saslauthd -c (Debian's
+default) caches for hours.
 
 The rules are pure functions over text (`doveconf -n -P` output, PAM service files,
 /etc/default/saslauthd); gather() is the thin part that runs doveconf and reads the files.
@@ -116,13 +117,13 @@ def dovecot_checks(dc: Dovecot, pam_file: Callable[[str], str | None]) -> list[C
                                  "auth_passdb_get_cache_key; mailmfa.lua has none"))
             elif not dc.auth_cache:
                 out.append(Check(what, True, "auth cache off (auth_cache_size = 0)"))
-            elif "%{session}" in _arg(p.get("args", ""), "cache_key"):
-                out.append(Check(what, True, "auth cache on, but a cache key per connection (never found again)"))
             else:
-                out.append(Check(what, False, f"auth cache on and Dovecot {v} caches this passdb under the user "
-                                 "name: a used password+code is accepted again from the cache",
-                                 "add cache_key=%u%{session} to this passdb's args "
-                                 "(conf/dovecot/auth-mailmfa-lua.conf.ext)"))
+                # a cache_key=%u%{session} keeps IMAP/POP3 logins apart, but SMTP AUTH through
+                # Dovecot's auth socket (Postfix) has no session: its key is the user name alone
+                out.append(Check(what, False, f"auth cache on and Dovecot {v} caches this passdb: a used "
+                                 "password+code is accepted again from the cache (a per-connection "
+                                 "cache_key does not cover SMTP AUTH, which has no session)",
+                                 "auth_cache_size = 0 (conf/dovecot/auth-mailmfa-lua.conf.ext sets it)"))
         elif driver == "pam":
             service = _pam_service(p, dc.version)
             text = pam_file(service)

@@ -91,13 +91,15 @@ def daemon_toml(socket_path: Path, **keys: object) -> str:
 
 
 def lua_passdb(socket_path: Path) -> tuple[str, str]:
-    """(passdb body, extra config) for `passdb lua` with the shipped script, as README shows.
+    """(passdb body, extra config) for `passdb lua` with the shipped script, as README shows;
+    on 2.3 the extra config ends with the snippet's global settings (auth_cache_size = 0), so a
+    caller's own settings go before it, as in dovecot.conf.
 
     Dovecot's auth process (the dovecot user) must read the script: a copy goes beside the
     socket (the test's 0755 workdir), as the checkout may sit where that user cannot enter."""
     import shutil
 
-    from servers import Dovecot
+    from servers import Dovecot, snippet_globals
 
     script = socket_path.parent / LUA_SCRIPT.name
     shutil.copyfile(LUA_SCRIPT, script)
@@ -108,7 +110,8 @@ def lua_passdb(socket_path: Path) -> tuple[str, str]:
                 f"lua_settings {{\n  mailmfa_socket = {socket_path}\n}}")
         return body, ""
     return (f"driver = lua\nargs = {shipped_lua_args_23().replace('/etc/dovecot/mailmfa.lua', str(script))}",
-            f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={socket_path}\n")
+            f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={socket_path}\n"
+            + snippet_globals(LUA_SCRIPT.parent / "auth-mailmfa-lua.conf.ext"))
 
 
 def shipped_lua_args_23() -> str:

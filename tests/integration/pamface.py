@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import syspam
-from servers import REPO_ROOT, Dovecot
+from servers import REPO_ROOT, Dovecot, snippet_globals
 
 PAM_CONF = REPO_ROOT / "conf" / "pam.d"
 PYTHON_MODULE = REPO_ROOT / "mailmfa" / "entry" / "pam_python_module.py"
@@ -97,14 +97,9 @@ def passdb_pam(service: str) -> str:
 def pam_24_globals() -> str:
     """The settings conf/dovecot/auth-mailmfa-pam-2.4.conf.ext sets outside its blocks
     (`auth_cache_size = 0`), to append after a test's own settings as the include would."""
-    lines, depth = [], 0
-    for line in PAM_24_SNIPPET.read_text().splitlines():
-        text = line.split("#", 1)[0].strip()
-        depth += text.count("{") - text.count("}")
-        if depth == 0 and "=" in text and "{" not in text and "}" not in text:
-            lines.append(text)
-    assert lines, f"{PAM_24_SNIPPET}: no global settings found"
-    return "\n".join(lines) + "\n"
+    text = snippet_globals(PAM_24_SNIPPET)
+    assert text, f"{PAM_24_SNIPPET}: no global settings found"
+    return text
 
 
 def dovecot_checking_with_mailmfa(dovecot_factory, config: Path, workdir: Path, request,  # noqa: ANN001

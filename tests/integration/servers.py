@@ -1187,7 +1187,22 @@ class Dovecot(_Process):
         return proc.returncode, proc.stdout + proc.stderr
 
 
+
+def snippet_globals(path: Path) -> str:
+    """The settings a shipped Dovecot snippet sets outside its blocks (e.g. `auth_cache_size =
+    0`), uncommented lines only, to append after a test's own settings as the include would
+    (Debian includes conf.d/auth-*.conf.ext at the end of 10-auth.conf)."""
+    lines, depth = [], 0
+    for line in path.read_text().splitlines():
+        text = line.split("#", 1)[0].strip()
+        opens, closes = text.count("{") - text.count("%{"), text.count("}") - text.count("%{")
+        if depth == 0 and "=" in text and not opens and not closes:
+            lines.append(text)
+        depth += opens - closes
+    return "\n".join(lines) + ("\n" if lines else "")
+
 __all__ = [
+    "snippet_globals",
     "ACL_LDIF",
     "BINARY_ATTRIBUTES",
     "HMAC_SHA1",

@@ -493,19 +493,19 @@ def test_pam_entry_asks_the_daemon(authd, config, slapd):
 
 def test_dovecot_auth_cache_never_replays_a_code(dovecot_factory, workdir, sock, config, authd, slapd, request):
     """Many LDAP setups turn Dovecot's auth cache on globally. A cached password+code must never
-    let the same code in twice (Dovecot would answer from its cache without asking mailmfa).
-    2.3's passdb lua caches under %u unless told otherwise (and an empty cache_key= crashes
-    2.3.19's auth process): the shipped args give every connection its own key
-    (cache_key=%u%{session}), so nothing is ever found. 2.4's passdb pam caches every success
-    under the user's name with no per-passdb switch: its shipped snippet sets auth_cache_size
-    = 0 after the admin's settings. checkpassword and 2.3's pam keep no cache key; 2.4's Lua
-    passdb caches only for a script with auth_passdb_get_cache_key."""
+    let the same code in twice (Dovecot would answer from its cache without asking mailmfa),
+    neither for an IMAP login nor for SMTP AUTH through Dovecot's auth socket, which carries no
+    session ID (as Postfix sends it; doveadm auth test here). 2.3 caches passdb lua (under %u)
+    and 2.4 passdb pam whenever auth_cache_size is set: their shipped snippets set
+    auth_cache_size = 0 after the admin's own settings (the cache goes first here, as in
+    dovecot.conf). checkpassword and 2.3's pam keep no cache key; 2.4's Lua passdb caches only
+    for a script with auth_passdb_get_cache_key."""
     import syspam
     from pamface import exec_service_text, pam_24_globals, pam_bin, passdb_pam
 
     cache = "auth_cache_size = 1M\nauth_cache_ttl = 1 hour\nauth_cache_negative_ttl = 1 hour\n"
     passdb, extra = lua_passdb(sock)
-    dovecots = {"lua": dovecot_factory(passdb, extra=extra + cache, workdir=workdir / "dc-lua-cache")}
+    dovecots = {"lua": dovecot_factory(passdb, extra=cache + extra, workdir=workdir / "dc-lua-cache")}
     if HAS_CHECKPASSWORD:
         dovecots["checkpassword"] = dovecot_factory(
             f"driver = checkpassword\nargs = {checkpassword_bin()} --config {config}", extra=cache,
@@ -523,3 +523,10 @@ def test_dovecot_auth_cache_never_replays_a_code(dovecot_factory, workdir, sock,
         assert dc.imap_login(uid, pw + code, source_ip="127.0.0.31").ok, name
         again = dc.imap_login(uid, pw + code, source_ip="127.0.0.32")  # strict config: a replay
         assert not again.ok, f"{name}: Dovecot's auth cache accepted a used code: {again.text}"
+        # Postfix's SMTP AUTH through Dovecot's auth socket sends no session ID: the same again
+        uid, pw, secret = new_user(slapd, "cache")
+        wait_for_step_safe()
+        code = code_at(secret)
+        assert dc.doveadm_auth_test(uid, pw + code, service="smtp")[0] == 0, name
+        result = dc.doveadm_auth_test(uid, pw + code, service="smtp")
+        assert result[0] != 0, f"{name}: a session-less SMTP AUTH replay was accepted from the cache: {result[1]}"
