@@ -178,13 +178,29 @@ def test_connections_over_the_limit_are_told_busy(workdir_factory, slapd):
     s = wd / "busy.sock"
     server = Authd(wd / "authd", write_config(wd, slapd, tail=daemon_toml(s, max_connections=2, read_timeout=5.0)), s)
     server.start()
-    held = []
-    try:
-        for _ in range(2):
-            c = socket.socket(socket.AF_UNIX)
-            c.connect(str(s))
+    held: list[socket.socket] = []
+
+    def hold() -> bool:
+        """One more connection the daemon serves (answers a PING on it and keeps it). Until
+        start()'s own probe connection is closed on the daemon's side it still counts, so
+        the daemon may turn a new one away: then try again."""
+        c = socket.socket(socket.AF_UNIX)
+        c.settimeout(5)
+        c.connect(str(s))
+        try:
+            c.sendall(b"MFA1 PING\n")
+            served = read_answer(c) == b"OK pong\n"
+        except (BrokenPipeError, ConnectionResetError):  # turned away before it read the request
+            served = False
+        if served:
             held.append(c)
-        time.sleep(0.2)  # let the daemon accept them
+        else:
+            c.close()
+        return served
+
+    try:
+        for n in (1, 2):
+            poll_until(hold, 5, f"held connection {n}")
         # the third is answered at once: the per-login client and the test helper both read
         # that answer even when their request meets the closed connection
         assert client.exchange(str(s), b"MFA1 PING\n", 10) == ("TEMPFAIL", "busy")
