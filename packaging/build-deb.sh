@@ -35,7 +35,9 @@ install -D -m 0755 checkpassword/mailmfa-checkpassword "$R/usr/bin/mailmfa-check
 ln -s mailmfa-checkpassword "$R/usr/bin/mailmfa-pam"
 # console scripts other than the two per-login programs, from setup.cfg (one list to keep)
 /usr/bin/python3 - "$R/usr/bin" <<'EOF'
-import configparser, sys
+import configparser
+import os
+import sys
 cfg = configparser.ConfigParser()
 cfg.read("setup.cfg")
 for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines():
@@ -47,7 +49,6 @@ for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines():
     with open(path, "w") as fh:
         # -I: no PYTHONPATH, user site or current directory (run by root, by services)
         fh.write(f"#!/usr/bin/python3 -I\nimport sys\n\nfrom {module} import {func}\n\nsys.exit({func}())\n")
-    import os
     os.chmod(path, 0o755)
 EOF
 
