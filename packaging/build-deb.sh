@@ -14,6 +14,7 @@
 #   /usr/lib/systemd/system/mailmfa-authd.service  not enabled: it needs the config first
 #   /usr/share/mailmfa/conf/                  everything else under conf/ (Dovecot, Lua, LDAP, PAM, nginx)
 #   /usr/share/doc/mailmfa/                   README.md, copyright
+#   /usr/share/man/man8/                      a page per program, from its --help (help2man)
 set -eu
 cd "$(dirname "$0")/.."
 OUT=$(mkdir -p "${1:-dist}" && cd "${1:-dist}" && pwd)
@@ -51,6 +52,34 @@ for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines():
         fh.write(f"#!/usr/bin/python3 -I\nimport sys\n\nfrom {module} import {func}\n\nsys.exit({func}())\n")
     os.chmod(path, 0o755)
 EOF
+
+# manual pages from each program's --help and --version (help2man; Debian: apt install help2man)
+if command -v help2man >/dev/null 2>&1; then
+  REPO=$(pwd)
+  mkdir -p "$STAGE/bin" "$R/usr/share/man/man8"
+  printf '[SEE ALSO]\nThe full manual: /usr/share/doc/mailmfa/README.md; example configuration in\n/usr/share/mailmfa/conf.\n' \
+    > "$STAGE/see-also.h2m"
+  for entry in "mailmfa-checkpassword:checkpassword/mailmfa-checkpassword:two-step verification for Dovecot's checkpassword passdb" \
+               "mailmfa-pam:checkpassword/mailmfa-pam:two-step verification for PAM services through pam_exec" \
+               "mailmfa:mailmfa.admin.cli:console:manage users' two-step verification (TOTP) for mail logins" \
+               "mailmfa-web:mailmfa.web.cli:main:the self-service page for two-step verification" \
+               "mailmfa-authd:mailmfa.daemon.server:run:resident two-step verification daemon for mail logins"; do
+    name=${entry%%:*}; rest=${entry#*:}
+    case $rest in
+      checkpassword/*) prog=$REPO/${rest%%:*}; summary=${rest#*:} ;;
+      *) module=${rest%%:*}; rest=${rest#*:}; func=${rest%%:*}; summary=${rest#*:}
+         prog=$STAGE/bin/$name
+         printf '#!/usr/bin/python3 -I\nimport sys\nsys.path.insert(0, "%s")\nfrom %s import %s\nsys.exit(%s())\n' \
+           "$REPO" "$module" "$func" "$func" > "$prog"
+         chmod 0755 "$prog" ;;
+    esac
+    help2man --no-info --section=8 --name="$summary" --include="$STAGE/see-also.h2m" --output="$STAGE/$name.8" "$prog"
+    gzip -9n < "$STAGE/$name.8" > "$R/usr/share/man/man8/$name.8.gz"
+    chmod 0644 "$R/usr/share/man/man8/$name.8.gz"
+  done
+else
+  echo "build-deb: help2man not installed: the package gets no manual pages" >&2
+fi
 
 # configuration, unit, examples, documentation
 install -D -m 0640 conf/mailmfa.toml "$R/etc/mailmfa/mailmfa.toml"

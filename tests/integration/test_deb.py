@@ -6,6 +6,7 @@ installed with dpkg, used the way Dovecot uses it (a real login through the inst
 from __future__ import annotations
 
 import configparser
+import gzip
 import os
 import shutil
 import subprocess
@@ -68,6 +69,13 @@ def test_package_holds_the_checkout_and_nothing_stale(deb: Path) -> None:
     for shipped in ("usr/lib/systemd/system/mailmfa-authd.service", "usr/share/mailmfa/conf/dovecot/mailmfa.lua",
                     "usr/share/mailmfa/conf/ldap/oath-schema.ldif", "usr/share/doc/mailmfa/copyright"):
         assert shipped in files
+    if shutil.which("help2man"):  # a manual page per program, made from its --help
+        assert {f"usr/share/man/man8/{s}.8.gz" for s in scripts} <= set(files)
+        unpacked = deb.parent / "unpacked"
+        _run("dpkg-deb", "-x", str(deb), str(unpacked))
+        page = gzip.decompress((unpacked / "usr/share/man/man8/mailmfa-checkpassword.8.gz").read_bytes()).decode()
+        assert page.startswith(".\\\" DO NOT MODIFY") and "file descriptor 3" in page, page[:300]
+        assert ".SH \"SEE ALSO\"" in page and "/usr/share/doc/mailmfa/README.md" in page
 
 
 def test_control_names_debians_own_packages(deb: Path) -> None:
