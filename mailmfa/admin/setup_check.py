@@ -108,6 +108,7 @@ def dovecot_checks(dc: Dovecot, pam_file: Callable[[str], str | None]) -> list[C
     """The Dovecot rules. `pam_file(service)` returns /etc/pam.d/SERVICE's text or None."""
     v = ".".join(map(str, dc.version)) or "?"
     out: list[Check] = []
+    other_pam: list[str] = []  # passdb pam services that do not run mailmfa
     for p in dc.passdbs:
         driver = p["driver"]
         if driver == "lua" and "mailmfa" in (p.get("args", "") + p.get("lua_file", "")):
@@ -128,7 +129,8 @@ def dovecot_checks(dc: Dovecot, pam_file: Callable[[str], str | None]) -> list[C
             service = _pam_service(p, dc.version)
             text = pam_file(service)
             if text is None or not uses_mailmfa(text):
-                continue  # a PAM passdb that does not run mailmfa is none of our business
+                other_pam.append(service)  # none of our business, unless it should have been (below)
+                continue
             what = f"Dovecot passdb pam (PAM service {service})"
             cache_key = _arg(p.get("args", ""), "cache_key") if dc.version < (2, 4) else ""
             if not dc.auth_cache:
@@ -144,6 +146,16 @@ def dovecot_checks(dc: Dovecot, pam_file: Callable[[str], str | None]) -> list[C
         elif driver == "checkpassword" and "mailmfa" in p.get("args", ""):
             out.append(Check("Dovecot passdb checkpassword (mailmfa-checkpassword)", True,
                              "checkpassword passdbs are not cached"))
+    if not out and other_pam and uses_mailmfa(pam_file("mailmfa") or ""):
+        # PAM service "mailmfa" is installed, yet Dovecot's passdb pam asks another one: the
+        # 2.4 mistake of a bare `service_name` (another setting, ignored) leaves "dovecot"
+        for service in other_pam:
+            out.append(Check(f"Dovecot passdb pam (PAM service {service})", False,
+                             f"PAM service {service} does not run mailmfa (the PAM service mailmfa does): "
+                             "logins through this passdb need no code",
+                             "passdb_pam_service_name = mailmfa inside passdb pam { } (2.4: the full name; a bare "
+                             "service_name is another setting), or args = mailmfa (2.3)"
+                             if dc.version >= (2, 4) else "args = mailmfa in this passdb (2.3)"))
     if not out:
         out.append(Check("Dovecot", True, "no passdb runs mailmfa (nothing to check)"))
     return out

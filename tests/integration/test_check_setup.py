@@ -69,3 +69,12 @@ def test_saslauthd_cache_is_named(tmp_path: Path) -> None:
     code, text = check(tmp_path, passdb, extra, sasl_options="-c -m /var/run/saslauthd")
     assert code == 1, text
     assert "FAIL  saslauthd -a pam (PAM service smtp)" in text and "remove -c from OPTIONS" in text
+
+
+def test_passdb_pam_that_asks_another_service_is_named(tmp_path: Path) -> None:
+    """The slip the 2.4 snippet warns about: a bare `service_name` inside passdb pam is another
+    setting, so Dovecot asks PAM service "dovecot" -- the system password alone, no code."""
+    body = "driver = pam\nservice_name = mailmfa" if Dovecot.version() >= (2, 4) else "driver = pam"
+    code, text = check(tmp_path, body, "")
+    assert code == 1, text
+    assert "FAIL  Dovecot passdb pam (PAM service dovecot)" in text and "need no code" in text

@@ -106,3 +106,18 @@ def test_24_driver_settings_of_a_passdb_named_otherwise():
     assert dc.passdbs == [{"name": "mailmfa", "driver": "pam", "passdb_pam_service_name": "mmfa1"}]
     checks = dovecot_checks(dc, pam({"mmfa1": MAILMFA_PAM}))
     assert verdicts(checks) == [("Dovecot passdb pam (PAM service mmfa1)", False)]
+
+
+def test_passdb_pam_asking_another_service_while_mailmfas_is_installed():
+    """The 2.4 slip of a bare `service_name` in passdb pam: Dovecot asks PAM service "dovecot"
+    (the system password alone) while /etc/pam.d/mailmfa sits unused."""
+    text = "# 2.4.1-4 (7d8c0e5759): x\npassdb pam {\n}\n"
+    files = {"mailmfa": MAILMFA_PAM, "dovecot": OTHER_PAM}
+    checks = dovecot_checks(parse_doveconf(text), pam(files))
+    assert verdicts(checks) == [("Dovecot passdb pam (PAM service dovecot)", False)]
+    assert "passdb_pam_service_name = mailmfa" in checks[0].fix
+    # without a mailmfa service installed, a PAM passdb for something else is left alone
+    assert all(c.ok for c in dovecot_checks(parse_doveconf(text), pam({"dovecot": OTHER_PAM})))
+    # nor is a second PAM passdb next to one that runs mailmfa
+    both = text + "passdb other {\n  driver = pam\n  passdb_pam {\n    service_name = mailmfa\n  }\n}\n"
+    assert all(c.ok for c in dovecot_checks(parse_doveconf(both), pam(files)))
