@@ -90,7 +90,14 @@ def _size_is_nonzero(value: str) -> bool:
 
 def _pam_service(passdb: dict[str, str], version: tuple[int, ...]) -> str:
     if version >= (2, 4):
-        return passdb.get("passdb_pam_service_name") or passdb.get("service_name") or "dovecot"
+        # doveconf prints passdb_pam_service_name as `service_name` inside a passdb named
+        # "pam" (doveconf -F confirms), and in a nested passdb_pam { } block inside one named
+        # otherwise, where a bare `service_name` is another setting that PAM never sees
+        if passdb.get("passdb_pam_service_name"):
+            return passdb["passdb_pam_service_name"]
+        if passdb.get("name") == "pam" and passdb.get("service_name"):
+            return passdb["service_name"]
+        return "dovecot"
     words = [w for w in passdb.get("args", "").split() if "=" not in w]
     return words[-1] if words else "dovecot"  # 2.3: args = [session=yes ...] [cache_key=...] SERVICE
 
