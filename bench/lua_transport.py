@@ -27,6 +27,7 @@ from pathlib import Path
 
 from common import LUA_SCRIPT, REPO, make_workdir, poll_until, process_cpu, remove_workdir
 
+from authd import lua_passdb
 from servers import Dovecot, free_port
 
 HTTP_SCRIPT = REPO / "bench" / "lua-http-client.lua"
@@ -100,23 +101,11 @@ def serve(unix_path: str, port: int) -> None:
 # ------------------------------------------------------------------------------ the bench
 
 def passdbs(unix_path: Path, url: str) -> dict[str, tuple[str, str]]:
-    """name -> (passdb body, extra config) for the installed Dovecot, both in auth workers."""
-    if Dovecot.version() >= (2, 4):
-        return {
-            "lua-socket (UNIX)": (f"driver = lua\nlua_file = {LUA_SCRIPT}\nuse_worker = yes\n"
-                                  f"lua_settings {{\n  mailmfa_socket = {unix_path}\n}}", ""),
-            "dovecot.http (TCP)": (f"driver = lua\nlua_file = {HTTP_SCRIPT}\nuse_worker = yes\n"
-                                   f"lua_settings {{\n  mailmfa_url = {url}\n}}", ""),
-        }
-    from authd import shipped_lua_args_23
-
-    args = shipped_lua_args_23()  # as shipped: auth workers, a cache key per connection
-    return {
-        "lua-socket (UNIX)": (f"driver = lua\nargs = {args.replace('/etc/dovecot/mailmfa.lua', str(LUA_SCRIPT))}",
-                              f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={unix_path}\n"),
-        "dovecot.http (TCP)": (f"driver = lua\nargs = {args.replace('/etc/dovecot/mailmfa.lua', str(HTTP_SCRIPT))}",
-                               f"import_environment = $import_environment MAILMFA_BENCH_URL={url}\n"),
-    }
+    """name -> (passdb body, extra config) for the installed Dovecot, both as the shipped
+    snippet writes it (auth workers); the twin is told the stub's URL instead of a socket."""
+    return {"lua-socket (UNIX)": lua_passdb(unix_path, script=LUA_SCRIPT),
+            "dovecot.http (TCP)": lua_passdb(unix_path, script=HTTP_SCRIPT,
+                                             target=("mailmfa_url", "MAILMFA_BENCH_URL", url))}
 
 
 def main() -> None:

@@ -58,6 +58,7 @@ from common import (
     write_config,
 )
 
+from authd import lua_passdb
 from servers import Dovecot
 
 PEER = "otp overlay"
@@ -193,42 +194,21 @@ def default_ldap_client() -> str:
     return "python-ldap"
 
 
-def ldap_uri(ldap: Slapd) -> str:
-    """Where every variant reaches slapd: loopback TCP, or with --ldapi its UNIX socket."""
-    return ldap.ldapi_uri if LDAPI else ldap.uri
-
-
-LDAPI = False  # --ldapi
-
-
-def ldap_passdb(workdir: Path, ldap: Slapd, name: str) -> str:
+def ldap_passdb(workdir: Path, ldap: Slapd, name: str, uri: str) -> str:
     """Dovecot's own passdb ldap with an authentication bind to a DN template (one LDAP
-    request per login, no search): the ceiling, and with the otp overlay the native peer."""
+    request per login, no search) to slapd at `uri`: the ceiling, and with the otp overlay
+    the native peer."""
     if Dovecot.version() >= (2, 4):
         # 2.4.1 insists on a filter even when the DN template makes it unused
-        return (f"driver = ldap\nldap_uris = {ldap_uri(ldap)}\nldap_base = {ldap.people_dn}\n"
+        return (f"driver = ldap\nldap_uris = {uri}\nldap_base = {ldap.people_dn}\n"
                 f"passdb_ldap_filter = (uid=%{{user}})\n"
                 f"passdb_ldap_bind = yes\npassdb_ldap_bind_userdn = uid=%{{user}},{ldap.people_dn}")
     conf = workdir / f"{name}-ldap.conf.ext"
     conf.write_text(
-        f"uris = {ldap_uri(ldap)}\nldap_version = 3\nauth_bind = yes\n"
+        f"uris = {uri}\nldap_version = 3\nauth_bind = yes\n"
         f"auth_bind_userdn = uid=%u,{ldap.people_dn}\nbase = {ldap.people_dn}\n")
     conf.chmod(0o644)
     return f"driver = ldap\nargs = {conf}"
-
-
-def lua_passdb(sock: Path, worker: bool) -> tuple[str, str]:
-    """(passdb body, extra config) for the shipped Lua script, in auth workers or not, as the
-    README's snippet for the installed Dovecot writes it."""
-    if Dovecot.version() >= (2, 4):
-        return (f"driver = lua\nlua_file = {LUA_SCRIPT}\nuse_worker = {'yes' if worker else 'no'}\n"
-                f"lua_settings {{\n  mailmfa_socket = {sock}\n}}", "")
-    from authd import shipped_lua_args_23
-
-    args = shipped_lua_args_23().replace("/etc/dovecot/mailmfa.lua", str(LUA_SCRIPT))
-    if not worker:
-        args = args.replace("blocking=yes", "blocking=no")
-    return (f"driver = lua\nargs = {args}", f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={sock}\n")
 
 
 def main() -> None:
@@ -247,8 +227,6 @@ def main() -> None:
                     help="every variant reaches slapd over its UNIX socket (ldapi://) instead of loopback TCP")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    global LDAPI
-    LDAPI = args.ldapi
     levels = [int(x) for x in args.clients.split(",")]
     load_before = os.getloadavg()
     per_cell = int(args.seconds * 300) + 50  # more users than any variant can log in
@@ -261,19 +239,23 @@ def main() -> None:
     daemon_results: dict = {}
     try:
         sock = wd / "authd.sock"
-        inproc_cfg = write_config(wd, ldap, "inproc.toml", '[daemon]\nuse = "never"\n', uri=ldap_uri(ldap))
+        def uri(server: Slapd) -> str:  # where every variant reaches slapd
+            return server.ldapi_uri if args.ldapi else server.uri
+
+        inproc_cfg = write_config(wd, ldap, "inproc.toml", '[daemon]\nuse = "never"\n', uri=uri(ldap))
         client_cfg = write_config(wd, ldap, "client.toml",
                                   f'[daemon]\nsocket = "{sock}"\nuse = "always"\nfallback = false\n'
-                                  f'ldap_client = "{args.ldap_client}"\n', uri=ldap_uri(ldap))
+                                  f'ldap_client = "{args.ldap_client}"\n', uri=uri(ldap))
         authd = AuthdProcess(wd, client_cfg, sock).start()
         servers.append(authd)
         rss_fresh = authd.rss_kib()
         shim = f"{SHIM}"
         cp_socket = f"driver = checkpassword\nargs = {shim} --socket {sock} --config {client_cfg}"
-        lua_worker, lua_inproc = lua_passdb(sock, worker=True), lua_passdb(sock, worker=False)
+        lua_worker = lua_passdb(sock, worker=True, script=LUA_SCRIPT)
+        lua_inproc = lua_passdb(sock, worker=False, script=LUA_SCRIPT)
         variants: dict[str, tuple[Slapd, str, str, Password]] = {
-            "native passdb ldap": (ldap, ldap_passdb(wd, ldap, "native"), "", password_only),
-            PEER: (otp_ldap, ldap_passdb(wd, otp_ldap, "otp"), "", with_code),
+            "native passdb ldap": (ldap, ldap_passdb(wd, ldap, "native", uri(ldap)), "", password_only),
+            PEER: (otp_ldap, ldap_passdb(wd, otp_ldap, "otp", uri(otp_ldap)), "", with_code),
         }
         if Dovecot.has_checkpassword():  # the checkpassword driver is gone in 2.4
             variants |= {

@@ -90,27 +90,35 @@ def daemon_toml(socket_path: Path, **keys: object) -> str:
     return "\n".join(lines) + "\n"
 
 
-def lua_passdb(socket_path: Path) -> tuple[str, str]:
-    """(passdb body, extra config) for `passdb lua` with the shipped script, as README shows;
-    on 2.3 the extra config ends with the snippet's global settings (auth_cache_size = 0), so a
-    caller's own settings go before it, as in dovecot.conf.
+def lua_passdb(socket_path: Path, *, worker: bool = True, script: Path | None = None,
+               target: tuple[str, str, str] | None = None) -> tuple[str, str]:
+    """(passdb body, extra config) for `passdb lua` as the shipped snippet writes it, for the
+    installed Dovecot; on 2.3 the extra config ends with the snippet's global settings
+    (auth_cache_size = 0), so a caller's own settings go before it, as in dovecot.conf.
 
-    Dovecot's auth process (the dovecot user) must read the script: a copy goes beside the
-    socket (the test's 0755 workdir), as the checkout may sit where that user cannot enter."""
+    `worker`: in auth workers (the snippet's choice) or in the auth process. `script`: the
+    Lua file, used where it is; by default a copy of the shipped one beside the socket (the
+    test's 0755 workdir), as Dovecot's auth process (the dovecot user) must read it and the
+    checkout may sit where that user cannot enter. `target`: what the script is told, as
+    (2.4 lua_settings key, 2.3 environment variable, value); by default the daemon's socket."""
     import shutil
 
     from servers import Dovecot, snippet_globals
 
-    script = socket_path.parent / LUA_SCRIPT.name
-    shutil.copyfile(LUA_SCRIPT, script)
-    script.chmod(0o644)
-
+    if script is None:
+        script = socket_path.parent / LUA_SCRIPT.name
+        shutil.copyfile(LUA_SCRIPT, script)
+        script.chmod(0o644)
+    key, env, value = target or ("mailmfa_socket", "MAILMFA_AUTHD_SOCKET", str(socket_path))
     if Dovecot.version() >= (2, 4):  # conf/dovecot/auth-mailmfa-lua.conf.ext's 2.4 block
-        body = (f"driver = lua\nlua_file = {script}\nuse_worker = yes\n"
-                f"lua_settings {{\n  mailmfa_socket = {socket_path}\n}}")
+        body = (f"driver = lua\nlua_file = {script}\nuse_worker = {'yes' if worker else 'no'}\n"
+                f"lua_settings {{\n  {key} = {value}\n}}")
         return body, ""
-    return (f"driver = lua\nargs = {shipped_lua_args_23().replace('/etc/dovecot/mailmfa.lua', str(script))}",
-            f"import_environment = $import_environment MAILMFA_AUTHD_SOCKET={socket_path}\n"
+    args = shipped_lua_args_23().replace("/etc/dovecot/mailmfa.lua", str(script))
+    if not worker:
+        args = args.replace("blocking=yes", "blocking=no")
+    return (f"driver = lua\nargs = {args}",
+            f"import_environment = $import_environment {env}={value}\n"
             + snippet_globals(LUA_SCRIPT.parent / "auth-mailmfa-lua.conf.ext"))
 
 
