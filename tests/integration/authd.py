@@ -123,8 +123,7 @@ def lua_passdb(socket_path: Path, *, worker: bool = True, script: Path | None = 
 
 
 def shipped_lua_args_23() -> str:
-    """The `args =` of the 2.3 passdb block in conf/dovecot/auth-mailmfa-lua.conf.ext, as shipped
-    (blocking=yes, and the cache key that keeps Dovecot's auth cache from replaying a code)."""
+    """The `args =` of the 2.3 passdb block in conf/dovecot/auth-mailmfa-lua.conf.ext, as shipped."""
     import re
 
     text = (LUA_SCRIPT.parent / "auth-mailmfa-lua.conf.ext").read_text()
