@@ -24,6 +24,12 @@ def checkpassword_bin() -> str:
     return str(venv_script if venv_script.exists() else SHIM)
 
 
+def mailmfa_cmd() -> list[str]:
+    """The admin CLI: the installed console script of the test venv, else the module."""
+    script = Path(sys.prefix) / "bin" / "mailmfa"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mailmfa.admin"]
+
+
 def write_config(workdir: Path, slapd: Slapd, name: str = "mailmfa.toml", *,
                  uris: list[str] | None = None, extra_ldap: str = "", tail: str = "",
                  require_mfa: bool = False, timeout: float = 2.0,

@@ -1188,6 +1188,15 @@ class Dovecot(_Process):
 
 
 
+def console_scripts() -> list[str]:
+    """The programs setup.cfg installs (its console_scripts), by name."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO_ROOT / "setup.cfg")
+    lines = cfg["options.entry_points"]["console_scripts"].strip().splitlines()
+    return [line.split("=")[0].strip() for line in lines]
+
 def snippet_globals(path: Path) -> str:
     """The settings a shipped Dovecot snippet sets outside its blocks (e.g. `auth_cache_size =
     0`), uncommented lines only, to append after a test's own settings as the include would
@@ -1202,6 +1211,7 @@ def snippet_globals(path: Path) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 __all__ = [
+    "console_scripts",
     "snippet_globals",
     "ACL_LDIF",
     "BINARY_ATTRIBUTES",

@@ -11,22 +11,15 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from mfa import code_at, new_secret, run_checkpassword, write_config
+from mfa import code_at, mailmfa_cmd, new_secret, run_checkpassword, write_config
 from servers import HMAC_SHA1, Dovecot, free_port, wait_for_step_safe
 
 HAS_CHECKPASSWORD = Dovecot.has_checkpassword()
-
-
-def mailmfa_cmd() -> list[str]:
-    """The installed console script of the test venv, else the module."""
-    script = Path(sys.prefix) / "bin" / "mailmfa"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "mailmfa.admin"]
 
 
 def mailmfa(config: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

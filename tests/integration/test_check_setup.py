@@ -4,23 +4,16 @@ with the auth cache on, the configurations that replay a code are named with the
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from authd import lua_passdb
+from mfa import mailmfa_cmd
 from pamface import PAM_CONF, pam_24_globals, passdb_pam
 from servers import Dovecot
 
 CACHE_ON = "auth_cache_size = 1M\n"
-
-
-def mailmfa_bin() -> str:
-    exe = Path(sys.prefix) / "bin" / "mailmfa"
-    if not exe.exists():
-        pytest.skip(f"{exe} not installed (make venv)")
-    return str(exe)
 
 
 def check(tmp: Path, passdb: str, extra: str, sasl_options: str = "-m /var/run/saslauthd") -> tuple[int, str]:
@@ -35,7 +28,7 @@ def check(tmp: Path, passdb: str, extra: str, sasl_options: str = "-m /var/run/s
     (pam_dir / "smtp").write_text((PAM_CONF / "mailmfa").read_text())
     defaults = tmp / "saslauthd"
     defaults.write_text(f'START=yes\nMECHANISMS="pam"\nOPTIONS="{sasl_options}"\n')
-    out = subprocess.run([mailmfa_bin(), "check-setup", "--dovecot-config", str(conf), "--pam-dir", str(pam_dir),
+    out = subprocess.run([*mailmfa_cmd(), "check-setup", "--dovecot-config", str(conf), "--pam-dir", str(pam_dir),
                           "--saslauthd-defaults", str(defaults)], capture_output=True, text=True, timeout=60)
     return out.returncode, out.stdout + out.stderr
 

@@ -5,7 +5,6 @@ installed with dpkg, used the way Dovecot uses it (a real login through the inst
 
 from __future__ import annotations
 
-import configparser
 import gzip
 import os
 import shutil
@@ -16,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from mailmfa import __version__
 from mfa import code_at, token_user, wrong_code
-from servers import REPO_ROOT, Dovecot, Slapd
+from servers import REPO_ROOT, Dovecot, Slapd, console_scripts
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not installed (not Debian)")
 
@@ -60,9 +60,7 @@ def test_package_holds_the_checkout_and_nothing_stale(deb: Path) -> None:
     assert files["usr/bin/mailmfa-checkpassword"] == "-rwxr-xr-x"
     assert files["usr/bin/mailmfa-pam"] == "l->mailmfa-checkpassword"
     # every console script setup.cfg declares, under the name the docs and unit use
-    cfg = configparser.ConfigParser()
-    cfg.read(REPO_ROOT / "setup.cfg")
-    scripts = [ln.split("=")[0].strip() for ln in cfg["options.entry_points"]["console_scripts"].strip().splitlines()]
+    scripts = console_scripts()
     assert {f"usr/bin/{s}" for s in scripts} <= set(files)
     assert files["etc/mailmfa/mailmfa.toml"] == "-rw-r-----"  # holds no secret, but names the secret file
     assert files["var/log/mailmfa"] == "drwxr-x---"  # without it pam_exec's log= fails every PAM login
@@ -80,12 +78,10 @@ def test_package_holds_the_checkout_and_nothing_stale(deb: Path) -> None:
 
 def test_control_names_debians_own_packages(deb: Path) -> None:
     field = {k: _run("dpkg-deb", "-f", str(deb), k).stdout.strip() for k in ("Package", "Version", "Depends")}
-    version = (REPO_ROOT / "mailmfa" / "__init__.py").read_text().split('__version__ = "')[1].split('"')[0]
-    assert field["Package"] == "mailmfa" and field["Version"] == version
+    assert field["Package"] == "mailmfa" and field["Version"] == __version__
     for dep in ("python3-ldap3", "python3-pyotp", "python3-segno"):
         assert dep in field["Depends"]
-    assert _run("dpkg-deb", "--ctrl-tarfile", str(deb)).returncode == 0
-    conffiles = subprocess.run(["dpkg-deb", "-I", str(deb), "conffiles"], capture_output=True, text=True).stdout
+    conffiles = _run("dpkg-deb", "-I", str(deb), "conffiles").stdout
     assert conffiles.split() == ["/etc/mailmfa/mailmfa.toml", "/etc/logrotate.d/mailmfa"]
 
 

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 import syspam
 from mfa import code_at, token_user
 from pamface import exec_service_text, pam_bin
-from servers import Slapd, poll_until
+from servers import Slapd, poll_until, wait_for_step_safe
 
 pytestmark = pytest.mark.skipif(shutil.which("saslauthd", path="/usr/sbin:/usr/bin") is None,
                                 reason="saslauthd not installed (Debian: sasl2-bin)")
@@ -72,9 +71,7 @@ def ask(mux: Path, service: str, user: str, password: str) -> bool:
 
 
 def fresh_code(secret: bytes) -> str:
-    left = 30 - time.time() % 30
-    if left < 5:  # both attempts in one step, so the second is a replay and not a new code
-        time.sleep(left + 0.1)
+    wait_for_step_safe(margin=5)  # both attempts in one step: the second is a replay, not a new code
     return code_at(secret)
 
 
