@@ -34,49 +34,48 @@ find mailmfa \( -name '*.py' -o -path 'mailmfa/web/templates/*.html' -o -path 'm
 # programs
 install -D -m 0755 checkpassword/mailmfa-checkpassword "$R/usr/bin/mailmfa-checkpassword"
 ln -s mailmfa-checkpassword "$R/usr/bin/mailmfa-pam"
-# console scripts other than the two per-login programs, from setup.cfg (one list to keep)
-/usr/bin/python3 - "$R/usr/bin" <<'EOF'
+# console scripts other than the two per-login programs, from setup.cfg (one list to keep);
+# and for all of them a build-time twin that imports from this checkout, for help2man below
+mkdir -p "$STAGE/bin"
+/usr/bin/python3 - "$R/usr/bin" "$STAGE/bin" "$(pwd)" <<'EOF'
 import configparser
 import os
 import sys
+
+installed, build, repo = sys.argv[1:]
 cfg = configparser.ConfigParser()
 cfg.read("setup.cfg")
 for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines():
     name, _, target = (part.strip() for part in line.partition("="))
-    if name in ("mailmfa-checkpassword", "mailmfa-pam"):
-        continue  # the shim above
     module, func = target.split(":")
-    path = f"{sys.argv[1]}/{name}"
-    with open(path, "w") as fh:
-        # -I: no PYTHONPATH, user site or current directory (run by root, by services)
-        fh.write(f"#!/usr/bin/python3 -I\nimport sys\n\nfrom {module} import {func}\n\nsys.exit({func}())\n")
-    os.chmod(path, 0o755)
+    # -I: no PYTHONPATH, user site or current directory (run by root, by services)
+    body = f"import sys\n\nfrom {module} import {func}\n\nsys.exit({func}())\n"
+    scripts = [(build, f"#!/usr/bin/python3 -I\nimport sys\nsys.path.insert(0, {repo!r})\n" + body)]
+    if name not in ("mailmfa-checkpassword", "mailmfa-pam"):  # those two are the shim above
+        scripts.append((installed, "#!/usr/bin/python3 -I\n" + body))
+    for where, text in scripts:
+        with open(f"{where}/{name}", "w") as fh:
+            fh.write(text)
+        os.chmod(f"{where}/{name}", 0o755)
 EOF
 
 # manual pages from each program's --help and --version (help2man; Debian: apt install help2man)
 if command -v help2man >/dev/null 2>&1; then
-  REPO=$(pwd)
-  mkdir -p "$STAGE/bin" "$R/usr/share/man/man8"
+  mkdir -p "$R/usr/share/man/man8"
   printf '[SEE ALSO]\nThe full manual: /usr/share/doc/mailmfa/README.md; example configuration in\n/usr/share/mailmfa/conf.\n' \
     > "$STAGE/see-also.h2m"
-  for entry in "mailmfa-checkpassword:checkpassword/mailmfa-checkpassword:two-step verification for Dovecot's checkpassword passdb" \
-               "mailmfa-pam:checkpassword/mailmfa-pam:two-step verification for PAM services through pam_exec" \
-               "mailmfa:mailmfa.admin.cli:console:manage users' two-step verification (TOTP) for mail logins" \
-               "mailmfa-web:mailmfa.web.cli:main:the self-service page for two-step verification" \
-               "mailmfa-authd:mailmfa.daemon.server:run:resident two-step verification daemon for mail logins"; do
-    name=${entry%%:*}; rest=${entry#*:}
-    case $rest in
-      checkpassword/*) prog=$REPO/${rest%%:*}; summary=${rest#*:} ;;
-      *) module=${rest%%:*}; rest=${rest#*:}; func=${rest%%:*}; summary=${rest#*:}
-         prog=$STAGE/bin/$name
-         printf '#!/usr/bin/python3 -I\nimport sys\nsys.path.insert(0, "%s")\nfrom %s import %s\nsys.exit(%s())\n' \
-           "$REPO" "$module" "$func" "$func" > "$prog"
-         chmod 0755 "$prog" ;;
-    esac
-    help2man --no-info --section=8 --name="$summary" --include="$STAGE/see-also.h2m" --output="$STAGE/$name.8" "$prog"
+  while IFS='|' read -r name summary; do
+    help2man --no-info --section=8 --name="$summary" --include="$STAGE/see-also.h2m" \
+      --output="$STAGE/$name.8" "$STAGE/bin/$name"
     gzip -9n < "$STAGE/$name.8" > "$R/usr/share/man/man8/$name.8.gz"
     chmod 0644 "$R/usr/share/man/man8/$name.8.gz"
-  done
+  done <<'EOF'
+mailmfa-checkpassword|two-step verification for Dovecot's checkpassword passdb
+mailmfa-pam|two-step verification for PAM services through pam_exec
+mailmfa|manage users' two-step verification (TOTP) for mail logins
+mailmfa-web|the self-service page for two-step verification
+mailmfa-authd|resident two-step verification daemon for mail logins
+EOF
 else
   echo "build-deb: help2man not installed: the package gets no manual pages" >&2
 fi
