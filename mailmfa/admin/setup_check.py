@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Dovecot:
 
     version: tuple[int, ...]
     auth_cache: bool
-    passdbs: list[dict[str, str]] = field(default_factory=list)
+    passdbs: list[dict[str, str]]
 
 
 def parse_doveconf(text: str) -> Dovecot:
@@ -143,11 +143,10 @@ def dovecot_checks(dc: Dovecot, pam_file: Callable[[str], str | None]) -> list[C
             if not dc.auth_cache:
                 out.append(Check(what, True, "auth cache off (auth_cache_size = 0)"))
             elif dc.version >= (2, 4) or cache_key:
+                fix = ("auth_cache_size = 0 (conf/dovecot/auth-mailmfa-pam-2.4.conf.ext sets it), or the Lua passdb"
+                       if dc.version >= (2, 4) else "remove cache_key= from this passdb's args")
                 out.append(Check(what, False, f"auth cache on and Dovecot {v} caches this passdb's successes: "
-                                 "a used password+code is accepted again from the cache",
-                                 "auth_cache_size = 0 (conf/dovecot/auth-mailmfa-pam-2.4.conf.ext sets it), "
-                                 "or the Lua passdb" if dc.version >= (2, 4) else
-                                 "remove cache_key= from this passdb's args"))
+                                 "a used password+code is accepted again from the cache", fix))
             else:
                 out.append(Check(what, True, f"Dovecot {v} keeps no cache for passdb pam without cache_key="))
         elif driver == "checkpassword" and "mailmfa" in p.get("args", ""):
@@ -156,13 +155,12 @@ def dovecot_checks(dc: Dovecot, pam_file: Callable[[str], str | None]) -> list[C
     if not out and other_pam and uses_mailmfa(pam_file("mailmfa") or ""):
         # PAM service "mailmfa" is installed, yet Dovecot's passdb pam asks another one: the
         # 2.4 mistake of a bare `service_name` (another setting, ignored) leaves "dovecot"
+        fix = ("passdb_pam_service_name = mailmfa inside the passdb block (the full name: a bare "
+               "service_name is another setting)" if dc.version >= (2, 4) else "args = mailmfa in this passdb")
         for service in other_pam:
             out.append(Check(f"Dovecot passdb pam (PAM service {service})", False,
                              f"PAM service {service} does not run mailmfa (the PAM service mailmfa does): "
-                             "logins through this passdb need no code",
-                             "passdb_pam_service_name = mailmfa inside passdb pam { } (2.4: the full name; a bare "
-                             "service_name is another setting), or args = mailmfa (2.3)"
-                             if dc.version >= (2, 4) else "args = mailmfa in this passdb (2.3)"))
+                             "logins through this passdb need no code", fix))
     if not out:
         out.append(Check("Dovecot", True, "no passdb runs mailmfa (nothing to check)"))
     return out
