@@ -13,13 +13,19 @@
 #   /etc/logrotate.d/mailmfa, /var/log/mailmfa/   pam_exec's log of mailmfa-pam
 #   /usr/lib/systemd/system/mailmfa-authd.service  not enabled: it needs the config first
 #   /usr/share/mailmfa/conf/                  everything else under conf/ (Dovecot, Lua, LDAP, PAM, nginx)
-#   /usr/share/doc/mailmfa/                   README.md, copyright
+#   /usr/share/doc/mailmfa/                   README.md, copyright, changelog.gz
+#   /usr/share/lintian/overrides/mailmfa      why three permissions differ from the defaults
 #   /usr/share/man/man8/                      a page per program, from its --help (help2man)
 set -eu
 cd "$(dirname "$0")/.."
 OUT=$(mkdir -p "${1:-dist}" && cd "${1:-dist}" && pwd)
 VERSION=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' mailmfa/__init__.py)
 [ -n "$VERSION" ] || { echo "build-deb: no __version__ in mailmfa/__init__.py" >&2; exit 1; }
+CHANGELOG_VERSION=$(sed -n '1s/^mailmfa (\([^)]*\)).*/\1/p' packaging/debian/changelog)
+[ "$CHANGELOG_VERSION" = "$VERSION" ] || {
+  echo "build-deb: packaging/debian/changelog starts with ${CHANGELOG_VERSION:-no version}, mailmfa/__init__.py says $VERSION: add a changelog entry for $VERSION" >&2
+  exit 1
+}
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT INT TERM
 umask 022
@@ -89,11 +95,17 @@ install -d -m 0750 "$R/var/log/mailmfa"
 find conf -type f ! -name mailmfa.toml | while read -r f; do install -D -m 0644 "$f" "$R/usr/share/mailmfa/$f"; done
 install -D -m 0644 README.md "$R/usr/share/doc/mailmfa/README.md"
 install -D -m 0644 packaging/debian/copyright "$R/usr/share/doc/mailmfa/copyright"
+gzip -9n < packaging/debian/changelog > "$R/usr/share/doc/mailmfa/changelog.gz"
+chmod 0644 "$R/usr/share/doc/mailmfa/changelog.gz"
+install -D -m 0644 packaging/debian/lintian-overrides "$R/usr/share/lintian/overrides/mailmfa"
 
 # control area
 mkdir -p "$R/DEBIAN"
 for f in postinst prerm postrm; do install -m 0755 "packaging/debian/$f" "$R/DEBIAN/$f"; done
 printf "%s\n" /etc/mailmfa/mailmfa.toml /etc/logrotate.d/mailmfa > "$R/DEBIAN/conffiles"
+# md5sums of everything but the conffiles (dpkg keeps theirs itself), for debsums/dpkg --verify
+(cd "$R" && find . -path ./DEBIAN -prune -o -path ./etc -prune -o -type f -print | sed 's|^\./||' |
+  LC_ALL=C sort | xargs md5sum) > "$R/DEBIAN/md5sums"
 SIZE=$(du -sk --exclude=DEBIAN "$R" | cut -f1)
 sed -e "s/@VERSION@/$VERSION/" -e "s/@SIZE@/$SIZE/" packaging/debian/control > "$R/DEBIAN/control"
 

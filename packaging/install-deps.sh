@@ -7,7 +7,7 @@ PKGS="slapd ldap-utils dovecot-imapd dovecot-pop3d dovecot-auth-lua lua-socket d
 python3 python3-venv python3-pip python3-setuptools python3-wheel
 python3-ldap3 python3-ldap python3-pyotp python3-pampy python3-pytest python3-hypothesis
 python3-segno python3-flask python3-cryptography chromium nginx-light pamtester libpam-python libpam-modules
-sasl2-bin help2man"
+sasl2-bin help2man lintian"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -65,7 +65,8 @@ def test_package_holds_the_checkout_and_nothing_stale(deb: Path) -> None:
     assert files["etc/mailmfa/mailmfa.toml"] == "-rw-r-----"  # holds no secret, but names the secret file
     assert files["var/log/mailmfa"] == "drwxr-x---"  # without it pam_exec's log= fails every PAM login
     for shipped in ("usr/lib/systemd/system/mailmfa-authd.service", "usr/share/mailmfa/conf/dovecot/mailmfa.lua",
-                    "usr/share/mailmfa/conf/ldap/oath-schema.ldif", "usr/share/doc/mailmfa/copyright"):
+                    "usr/share/mailmfa/conf/ldap/oath-schema.ldif", "usr/share/doc/mailmfa/copyright",
+                    "usr/share/doc/mailmfa/changelog.gz", "usr/share/lintian/overrides/mailmfa"):
         assert shipped in files
     if shutil.which("help2man"):  # a manual page per program, made from its --help
         assert {f"usr/share/man/man8/{s}.8.gz" for s in scripts} <= set(files)
@@ -83,6 +84,15 @@ def test_control_names_debians_own_packages(deb: Path) -> None:
         assert dep in field["Depends"]
     conffiles = _run("dpkg-deb", "-I", str(deb), "conffiles").stdout
     assert conffiles.split() == ["/etc/mailmfa/mailmfa.toml", "/etc/logrotate.d/mailmfa"]
+
+
+@pytest.mark.skipif(shutil.which("lintian") is None, reason="lintian not installed (packaging/install-deps.sh installs it)")
+def test_lintian_finds_nothing(deb: Path) -> None:
+    """Debian's package checker, with the three permissions the overrides file explains; -I
+    shows informational tags too, so a new one fails here instead of going unseen."""
+    result = _run("lintian", "-I", "--tag-display-limit", "0", str(deb), check=False)
+    tags = [line for line in result.stdout.splitlines() if line[:3] in ("E: ", "W: ", "I: ")]
+    assert result.returncode == 0 and not tags, result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +120,9 @@ def test_installed_programs_check_a_real_login(installed: None, slapd: Slapd, co
     where = _run("/usr/bin/python3", "-I", "-c", "import mailmfa; print(mailmfa.__file__)").stdout.strip()
     assert where == f"{root}/__init__.py", f"the system Python finds another mailmfa first: {where}"
     assert "enroll" in _run("/usr/bin/mailmfa", "--help").stdout
+    # every installed file matches the package's md5sums (postinst changed none of them)
+    verify = _run("dpkg", "--verify", "mailmfa", check=False)
+    assert verify.returncode == 0 and not verify.stdout.strip(), verify.stdout + verify.stderr
     check = _run("/usr/bin/mailmfa-authd", "--check", "--config", str(config), check=False)
     assert check.returncode == 0 and "ok" in check.stdout + check.stderr, check.stdout + check.stderr
     log_dir = Path("/var/log/mailmfa")
