@@ -14,7 +14,7 @@
 #   /usr/lib/systemd/system/mailmfa-authd.service  not enabled: it needs the config first
 #   /usr/share/mailmfa/conf/                  everything else under conf/ (Dovecot, Lua, LDAP, PAM, nginx)
 #   /usr/share/doc/mailmfa/                   README.md, copyright, changelog.gz
-#   /usr/share/lintian/overrides/mailmfa      why three permissions differ from the defaults
+#   /usr/share/lintian/overrides/mailmfa      why two permissions differ from the defaults
 #   /usr/share/man/man8/                      a page per program, from its --help (help2man)
 set -eu
 cd "$(dirname "$0")/.."

@@ -88,10 +88,15 @@ def test_control_names_debians_own_packages(deb: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("lintian") is None, reason="lintian not installed (packaging/install-deps.sh installs it)")
 def test_lintian_finds_nothing(deb: Path) -> None:
-    """Debian's package checker, with the three permissions the overrides file explains; -I
-    shows informational tags too, so a new one fails here instead of going unseen."""
+    """Debian's package checker, with the two permissions the overrides file explains; -I
+    shows informational tags too, so a new one fails here instead of going unseen. One is
+    expected, and only on Debian 12: the optional daemon has a systemd unit and no init.d
+    script (it runs under any supervisor as `mailmfa-authd --foreground`); Debian 13's
+    lintian dropped that tag, and an override naming it is an error there."""
     result = _run("lintian", "-I", "--tag-display-limit", "0", str(deb), check=False)
-    tags = [line for line in result.stdout.splitlines() if line[:3] in ("E: ", "W: ", "I: ")]
+    expected = ("I: mailmfa: package-supports-alternative-init-but-no-init.d-script "
+                "[usr/lib/systemd/system/mailmfa-authd.service]")
+    tags = [line for line in result.stdout.splitlines() if line[:3] in ("E: ", "W: ", "I: ") and line != expected]
     assert result.returncode == 0 and not tags, result.stdout + result.stderr
 
 
