@@ -48,16 +48,19 @@ exit status:
   0    done (status: the user is enrolled; diagnose: the code matches a time;
        check-setup: nothing found)
   1    refused: code not accepted, enrolment abandoned, already enrolled
-       (use --replace), resync codes not consecutive, diagnose: no match;
+       (use --replace), resync codes not consecutive, diagnose: no match,
+       the token cannot be used (dangling link, no secret);
        check-setup: something needs fixing
   2    usage error: bad arguments, malformed code
   3    no such user (or the name matches several entries)
   4    the user has no 2-step verification (status, diagnose, resync, disable, unlock)
   70   internal error (a bug: please report it; MAILMFA_DEBUG=1 shows the traceback)
-  78   configuration error: config file, service account, params entry, or a
-       directory limit that cuts a listing short
+  78   configuration error: config file, service account, params entry, a
+       directory limit that cuts a listing short, or a single-host database that
+       others can read or that has a newer schema than this version knows
   111  directory (or SQLite store) unavailable (down, timeout, locked): nothing
        was decided, try again
+  130  interrupted (Ctrl-C): nothing more was written
 """
 
 DESCRIPTION = """\
@@ -448,10 +451,10 @@ def cmd_diagnose(ctx: Ctx) -> int:
             "clock": _clock_words(d.offset_steps) if d.offset_steps is not None else None,
             "in_window": d.in_window, "already_used": d.already_used, "accepted_now": d.accepted_now,
             "drift_steps": state.drift, "window": state.params.window,
-            "other_offsets_steps": list(d.other_offsets), "message": d.message,
+            "other_offsets_steps": list(d.other_offsets), "message": d.message.replace("USER", state.user),
         })
     else:
-        ctx.say(d.message.replace("USER", state.user))
+        ctx.say(d.message.replace("USER", state.user))  # the same text as --json's "message"
         if d.other_offsets:
             ctx.say(f"(The code also matches {len(d.other_offsets)} other time(s) within 24 hours: "
                     "a chance repeat; ask for another code to be sure.)")
@@ -651,7 +654,7 @@ user had no 2-step verification.""", cmd_disable)
     p.add_argument("--reason", metavar="TEXT", help="why (logged as reason=TEXT; default: admin)")
 
     p = add("unlock", "clear a user's brute-force throttle", """\
-After more than five wrong codes with the right password, codes are checked only after
+After five wrong codes with the right password, codes are checked only after
 a growing wait (30 s, doubling, up to 24 h; after 100 no code is checked at all). unlock
 clears the failure count, so the user's next code is checked at once. `status` shows the
 count and the wait. Exit 4 when the user has no 2-step verification.""", cmd_unlock)
@@ -671,8 +674,9 @@ so the procedure can call it for everyone:
 A cache in front of mailmfa answers a password+code it has accepted once without asking
 mailmfa again, so a replayed code gets in. Checks this machine's Dovecot configuration
 (doveconf) -- 2.3's passdb lua or 2.4's passdb pam with auth_cache_size set, 2.3's
-passdb pam with a cache_key -- and saslauthd's -c credential cache in front of a PAM service that
-runs mailmfa, and says how to fix each. Reads no mailmfa configuration and changes
+passdb pam with a cache_key -- saslauthd's -c credential cache in front of a PAM service that
+runs mailmfa, and a passdb pam that asks another PAM service than the one running mailmfa
+(2.4's service_name), and says how to fix each. Reads no mailmfa configuration and changes
 nothing. Exit 0 when nothing was found, 1 when something needs fixing.""", cmd_check_setup)
     p.add_argument("--dovecot-config", metavar="FILE", default="/etc/dovecot/dovecot.conf",
                    help="Dovecot's configuration (default /etc/dovecot/dovecot.conf)")

@@ -37,8 +37,10 @@ usage: mailmfa-pam [--config FILE] [--socket PATH]
 
 Checks a login (password with the authenticator code appended) for pam_exec:
 
-    auth     required  pam_exec.so expose_authtok quiet /usr/bin/mailmfa-pam
+    auth     required  pam_exec.so expose_authtok quiet log=/var/log/mailmfa/pam.log /usr/bin/mailmfa-pam
     account  required  pam_permit.so
+
+(log= keeps the program's one line per login: pam_exec discards its stderr otherwise.)
 
 Reads the password+code from standard input (at most 511 bytes; one trailing NUL
 is ignored), the user from PAM_USER, the client address from PAM_RHOST and the

@@ -330,6 +330,7 @@ def test_diagnose_finds_clock_offset(slapd, config, offset, words, clock):
     d = json.loads(proc.stdout)
     assert d["matched"] and d["offset_seconds"] == offset and d["clock"] == clock
     assert not d["accepted_now"] and words in d["message"]
+    assert f"mailmfa resync {uid} CODE1 CODE2" in d["message"]  # the user's name, as in the text output
     text = mailmfa(config, "diagnose", uid, code_at(secret, now + offset)).stdout
     assert f"The code matches {words}: the phone's clock is {clock}" in text
 

@@ -86,7 +86,7 @@ def test_control_names_debians_own_packages(deb: Path) -> None:
     assert conffiles.split() == ["/etc/mailmfa/mailmfa.toml", "/etc/logrotate.d/mailmfa"]
 
 
-@pytest.mark.skipif(shutil.which("lintian") is None, reason="lintian not installed (packaging/install-deps.sh installs it)")
+@pytest.mark.skipif(shutil.which("lintian") is None, reason="lintian not installed (install-deps.sh installs it)")
 def test_lintian_finds_nothing(deb: Path) -> None:
     """Debian's package checker, with the two permissions the overrides file explains; -I
     shows informational tags too, so a new one fails here instead of going unseen. One is
