@@ -18,7 +18,8 @@ EPILOG = """\
 exit status:
   0   stopped normally (or --check: configuration usable)
   2   usage error (bad option, bad --listen value, address in use)
-  78  configuration error (file, key or state_dir named in the message)
+  78  configuration error (file, key or state_dir named in the message), or a
+      package the page needs is not installed (named in the message)
 
 Configuration: [ldap] (or [store]/[password] in single-host mode), [totp], [policy] and [web]
 of mailmfa.toml (see conf/mailmfa.toml, conf/mailmfa-single-host.toml).
@@ -35,6 +36,26 @@ def parse_listen(text: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)
+
+
+# module -> Debian package; checked at start so a missing one is a clear error now, not a
+# traceback at the first page (flask) or an error page at the first enrolment (cryptography,
+# segno: imported only when used)
+REQUIRED = (("flask", "python3-flask"), ("cryptography.hazmat.primitives.ciphers.aead", "python3-cryptography"),
+            ("segno", "python3-segno"))
+
+
+def missing_packages() -> list[str]:
+    """The Debian packages of REQUIRED modules that cannot be imported."""
+    import importlib
+
+    missing = []
+    for module, package in REQUIRED:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    return missing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"mailmfa-web: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    missing = missing_packages()
+    if missing:
+        print(f"mailmfa-web: needs {', '.join(missing)}: apt install {' '.join(missing)}", file=sys.stderr)
+        return EXIT_CONFIG
     path = resolve_path(args.config)
     try:
         config = load(path)

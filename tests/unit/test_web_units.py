@@ -352,3 +352,14 @@ def test_display_name_sqlite_tokens_ldap_passwords_finds_the_entry(tmp_path):
     # the token state's dn is the login name here: the entry is found by lookup
     assert display_name(cfg, directory, "dave", "dave") == "Dave Example"
     assert ldap.searched == ["uid=dave,ou=people,dc=x"]
+
+
+def test_missing_package_is_named_at_start(tmp_path):
+    """Without site-packages (-S) Flask cannot be imported: mailmfa-web names the Debian
+    packages and exits 78 before reading any config, instead of a traceback."""
+    script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+              "from mailmfa.web.cli import main; sys.exit(main(['--check']))")
+    proc = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", script], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 78, proc.stderr
+    assert "apt install python3-flask python3-cryptography python3-segno" in proc.stderr
+    assert "Traceback" not in proc.stderr
