@@ -174,7 +174,7 @@ class LdapDirectory:
                     self._drop(conn)
                     continue
                 if cfg.bind_dn:
-                    ok = conn.rebind(user=cfg.bind_dn, password=password)
+                    ok = conn.rebind(user=cfg.bind_dn, password=password.encode())
                 else:
                     ok = conn.bind()
             except (lx.LDAPException, OSError) as exc:
@@ -209,7 +209,7 @@ class LdapDirectory:
         # back from a user bind on the same connection: rebind as the service
         try:
             if self.config.ldap.bind_dn:
-                ok = self._conn.rebind(user=self.config.ldap.bind_dn, password=password)
+                ok = self._conn.rebind(user=self.config.ldap.bind_dn, password=password.encode())
             else:
                 ok = self._conn.bind()
         except (lx.LDAPException, OSError) as exc:
@@ -364,7 +364,11 @@ class LdapDirectory:
         self._bind_service()  # make sure a connection exists
         self._as_service = False
         try:
-            ok = self._conn.rebind(user=record.dn, password=password)
+            # bytes: sent as typed. A str goes through ldap3's SASLprep, which slapd's simple
+            # bind does not do: it drops some characters (a soft hyphen) and raises on others
+            # (controls, mixed-direction text), so a right password would fail (as an
+            # outage) and a changed one could match; libldap (the daemon's) sends bytes too
+            ok = self._conn.rebind(user=record.dn, password=password.encode())
         except lx.LDAPBindError:
             ok = False
         except (lx.LDAPException, OSError) as exc:

@@ -91,6 +91,27 @@ def test_empty_password_part_is_never_a_bind(slapd, config):
     assert not slapd.token_state(uid).first("oathTOTPLastTimeStep")
 
 
+@pytest.mark.parametrize("n,password,variant", [
+    (1, "Shalom-\u05e9\u05dc\u05d5\u05dd", None),  # mixed direction: SASLprep raises
+    (2, "tab\there", "tab here"),                 # a control character: SASLprep raises
+    (3, "softhyphen", "soft\u00adhyphen"),        # SASLprep maps U+00AD to nothing
+])
+def test_password_reaches_the_directory_as_typed(slapd, config, n, password, variant):
+    """slapd compares a simple bind's password byte for byte; the ldap3 path must not
+    SASLprep it (a right password failing as ldap_unavailable, a changed one matching)."""
+    uid = f"typed{n}"
+    secret = new_secret()
+    slapd.add_user(uid, password, secret)
+    now = wait_for_step_safe()
+    proc = run_checkpassword(config, uid, password + code_at(secret, now))
+    assert proc.returncode == 0 and "reason=ok " in proc.stderr, proc.stderr
+    if variant is not None:
+        proc = run_checkpassword(config, uid, variant + code_at(secret, now + 30))
+        assert proc.returncode == 1 and "reason=bad_password" in proc.stderr, proc.stderr
+    proc = run_checkpassword(config, uid, "x\x01" + code_at(secret, now + 30))
+    assert proc.returncode == 1 and "reason=bad_password" in proc.stderr, proc.stderr
+
+
 def test_unknown_user(config):
     proc = run_checkpassword(config, "nobody-here", "pw123456")
     assert proc.returncode == 1 and "reason=unknown_user" in proc.stderr
