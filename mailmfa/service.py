@@ -159,3 +159,22 @@ def _authenticate(req: Request, directory: Directory, config: Config, now: float
         return Outcome(Verdict.ACCEPT, OK, req.user, record.dn, check.step)
     except BackendUnavailable as exc:
         return Outcome(Verdict.TEMPFAIL, exc.reason, req.user)
+
+
+def userdb_lookup(directory: Directory, user: str) -> Outcome:
+    """Does `user` exist (Dovecot's userdb lookup: AUTHORIZED=1, MFA1 LOOKUP)? ACCEPT with
+    the DN, REJECT unknown_user, TEMPFAIL when the backend cannot answer. When tokens and
+    passwords live apart (CombinedDirectory), the password side decides: SQLite holds only
+    enrolled users, and a token whose user is gone is no account."""
+    if not user or len(user) > MAX_USER or any(ord(c) < 0x20 or c == "\x7f" for c in user):
+        return Outcome(Verdict.REJECT, UNKNOWN_USER, user)
+    try:
+        record = directory.lookup(user)
+        exists = getattr(directory, "user_exists", None)
+        if record is not None and exists is not None and not exists(user):
+            record = None
+    except BackendUnavailable as exc:
+        return Outcome(Verdict.TEMPFAIL, exc.reason, user)
+    if record is None:
+        return Outcome(Verdict.REJECT, UNKNOWN_USER, user)
+    return Outcome(Verdict.ACCEPT, "userdb_lookup", user, record.dn)

@@ -34,6 +34,12 @@ class CombinedDirectory:
     def verify_password(self, record: UserRecord, password: str) -> bool:
         return bool(password) and self.password.check(record.name, password)
 
+    def user_exists(self, user: str) -> bool:
+        """Whether the password side knows `user`: lookup() cannot say for a user the store
+        does not hold (absent is tokenless), and a userdb lookup must not answer "exists"
+        for any name (LMTP/LDA recipient checks rely on it)."""
+        return bool(self.password.exists(user))
+
     def record_success(self, record: UserRecord, step: int, now: float) -> bool:
         return bool(self.store.record_success(record, step, now))
 
@@ -63,6 +69,9 @@ class LdapPassword:
             return False
         record = self.directory.lookup(user)
         return record is not None and self.directory.verify_password(record, password)
+
+    def exists(self, user: str) -> bool:
+        return self.directory.lookup(user) is not None
 
     def close(self) -> None:
         self.directory.close()

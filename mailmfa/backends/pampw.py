@@ -31,6 +31,17 @@ _REFUSED_NAMES = (
 )
 
 
+def system_user_exists(user: str) -> bool:
+    """True when the system's user database (NSS) knows `user`."""
+    import pwd
+
+    try:
+        pwd.getpwnam(user)
+    except (KeyError, ValueError):
+        return False
+    return True
+
+
 class PamPassword:
     """PasswordChecker over a PAM service."""
 
@@ -63,6 +74,10 @@ class PamPassword:
         if auth.code in refused:
             return False
         raise BackendUnavailable("pam_unavailable", f"pam code={auth.code} {auth.reason}")
+
+    def exists(self, user: str) -> bool:
+        """For userdb lookups: the accounts PAM checks are the system's (NSS)."""
+        return system_user_exists(user)
 
     def close(self) -> None:
         pass

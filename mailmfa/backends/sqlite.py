@@ -14,6 +14,9 @@ modes. Why these choices:
   others can read or write is refused rather than used.
 - `PRAGMA user_version` carries the schema version; migrations run once, in a write
   transaction, and a newer schema than this code knows is refused.
+- Rows are keyed by `user_key(name)` (mailmfa/core/names.py), never the name as typed: the
+  password side (an LDAP bind, sssd) may take `BOB` for `bob`, and an exact-match lookup
+  would then find no token and let the password alone in. Schema 2 re-keys older files.
 
 One SqliteStore per concurrent login (like LdapDirectory); not thread-safe.
 """
@@ -23,15 +26,35 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from mailmfa.backends.ports import BackendUnavailable
+from mailmfa.core.names import user_key
 from mailmfa.core.types import ALGORITHMS, Token, TokenState, TotpParams, UserRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# version -> statements that bring the schema from version-1 to version
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
+
+def _rekey(conn: sqlite3.Connection, path: str) -> None:
+    """Schema 2: every row under user_key(user). Two rows that become one key are two
+    names for one login (`Bob`, `bob`): refused, naming both, rather than one dropped."""
+    rows = conn.execute("SELECT user FROM tokens").fetchall()
+    keys: dict[str, str] = {}
+    for (name,) in rows:
+        key = user_key(name)
+        if key in keys:
+            raise BackendUnavailable(
+                "store_schema", f"{path}: {keys[key]!r} and {name!r} are one login name to the password check; "
+                f"delete one token first: sqlite3 {path} \"DELETE FROM tokens WHERE user = '...'\"")
+        keys[key] = name
+    for (name,) in rows:
+        if user_key(name) != name:
+            conn.execute("UPDATE tokens SET user = ? WHERE user = ?", (user_key(name), name))
+
+
+# version -> statements (or functions of the connection and path) that bring the schema
+# from version-1 to version
+_MIGRATIONS: dict[int, tuple[str | Callable[[sqlite3.Connection, str], None], ...]] = {
     1: (
         """CREATE TABLE tokens (
             user          TEXT PRIMARY KEY NOT NULL,
@@ -48,6 +71,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             secret_time   INTEGER
         ) STRICT""",
     ),
+    2: (_rekey,),
 }
 
 _COLUMNS = ('user, secret, digits, period, algorithm, "window", last_step, drift, '
@@ -151,7 +175,10 @@ class SqliteStore:
             current = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
             for v in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[v]:
-                    conn.execute(statement)
+                    if callable(statement):
+                        statement(conn, self.path)
+                    else:
+                        conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
             conn.execute("COMMIT")
         except BaseException:
@@ -193,7 +220,7 @@ class SqliteStore:
         sql = ("UPDATE tokens SET last_step = ?, last_login = ?, failure_count = 0, last_failure = NULL "
                "WHERE user = ? AND last_step IS ? AND (last_step IS NULL OR last_step < ?) "
                "AND failure_count = ?")
-        args = (step, int(now), record.name, token.last_step, step, token.failure_count)
+        args = (step, int(now), user_key(record.name), token.last_step, step, token.failure_count)
         return self._run(sql, args).rowcount == 1
 
     def record_failure(self, record: UserRecord, now: float) -> int:
@@ -201,7 +228,7 @@ class SqliteStore:
         cur = self._run(
             "UPDATE tokens SET failure_count = failure_count + 1, last_failure = ? WHERE user = ? "
             "RETURNING failure_count",
-            (int(now), record.name),
+            (int(now), user_key(record.name)),
         )
         rows = cur.fetchall()  # step to the end: the change commits when the statement completes
         return int(rows[0][0]) if rows else 0
@@ -209,7 +236,7 @@ class SqliteStore:
     # -- admin operations ----------------------------------------------------------------
     def get(self, user: str) -> TokenState | None:
         """The stored token of `user`, or None."""
-        row = self._run(f"SELECT {_COLUMNS} FROM tokens WHERE user = ?", (user,)).fetchone()
+        row = self._run(f"SELECT {_COLUMNS} FROM tokens WHERE user = ?", (user_key(user),)).fetchone()
         if row is None:
             return None
         try:
@@ -239,6 +266,7 @@ class SqliteStore:
         """Enrol (or re-enrol) `user`: a new secret starts with fresh state (no drift, no
         failures, no last login). Pass the activation code's step as `last_step` so that code is consumed.
         With replace=False an existing token is kept and False is returned."""
+        user = user_key(user)
         if not user or not secret:
             raise ValueError("user and secret must not be empty")
         if params.algorithm not in ALGORITHMS:
@@ -258,7 +286,7 @@ class SqliteStore:
 
     def remove_token(self, user: str) -> bool:
         """Switch 2FA off for `user` (e.g. after a password reset); False if none was stored."""
-        return self._run("DELETE FROM tokens WHERE user = ?", (user,)).rowcount == 1
+        return self._run("DELETE FROM tokens WHERE user = ?", (user_key(user),)).rowcount == 1
 
     def set_drift(self, user: str, drift: int, last_step: int | None = None) -> bool:
         """Set the clock offset, in steps, and, if given, mark steps up to `last_step` as
@@ -267,13 +295,13 @@ class SqliteStore:
         return self._run(
             "UPDATE tokens SET drift = ?, last_step = CASE WHEN ? IS NULL THEN last_step "
             "WHEN last_step IS NULL OR last_step < ? THEN ? ELSE last_step END WHERE user = ?",
-            (int(drift), last_step, last_step, last_step, user),
+            (int(drift), last_step, last_step, last_step, user_key(user)),
         ).rowcount == 1
 
     def reset_failures(self, user: str) -> bool:
         """Clear the failure count (lifts throttling); False if `user` has no token."""
         return self._run(
-            "UPDATE tokens SET failure_count = 0, last_failure = NULL WHERE user = ?", (user,)
+            "UPDATE tokens SET failure_count = 0, last_failure = NULL WHERE user = ?", (user_key(user),)
         ).rowcount == 1
 
     def schema_version(self) -> int:

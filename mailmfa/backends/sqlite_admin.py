@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from mailmfa.backends.pampw import system_user_exists
 from mailmfa.backends.ports import AdminError, AlreadyEnrolled, NotEnrolled, UnknownUser
 from mailmfa.backends.sqlite import SqliteStore
 from mailmfa.config import Config
@@ -24,17 +25,6 @@ from mailmfa.core.enroll import NewToken
 from mailmfa.core.types import TokenState, TotpParams
 
 MAX_USER = 256  # as the login path and the LDAP admin
-
-
-def system_user_exists(user: str) -> bool:
-    """True when the system's user database (NSS) knows `user`."""
-    import pwd
-
-    try:
-        pwd.getpwnam(user)
-    except (KeyError, ValueError):
-        return False
-    return True
 
 
 class _LdapUserExists:

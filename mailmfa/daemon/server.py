@@ -34,7 +34,7 @@ from mailmfa.backends.state import MemoryReuseStore
 from mailmfa.config import Config, ConfigError, load, resolve_path
 from mailmfa.core.types import Outcome, Request, Verdict
 from mailmfa.daemon import protocol
-from mailmfa.service import MAX_USER, authenticate, reuse_enabled
+from mailmfa.service import MAX_USER, authenticate, reuse_enabled, userdb_lookup
 
 USAGE = """\
 usage: mailmfa-authd [--config FILE] [--foreground] [--pid-file FILE] [--check]
@@ -478,7 +478,7 @@ class Daemon:
             return protocol.answer("FAIL", "unknown_user" if command == "LOOKUP" else "bad_input")
         if command == "LOOKUP":
             user = args[0]
-            outcome = self._run(state, user, lambda d: self._lookup(d, user))
+            outcome = self._run(state, user, lambda d: userdb_lookup(d, user))
             fields: dict[str, object] = {"lookup": "userdb"}
         else:
             req = Request(*args)
@@ -493,17 +493,6 @@ class Daemon:
                   "ms": round((time.monotonic() - started) * 1000, 1)})
         return protocol.answer(verdict, outcome.reason)
 
-    @staticmethod
-    def _lookup(directory: Any, user: str) -> Outcome:
-        if not user or len(user) > MAX_USER or any(ord(c) < 0x20 for c in user):
-            return Outcome(Verdict.REJECT, "unknown_user", user)
-        try:
-            record = directory.lookup(user)
-        except BackendUnavailable as exc:
-            return Outcome(Verdict.TEMPFAIL, exc.reason, user)
-        if record is None:
-            return Outcome(Verdict.REJECT, "unknown_user", user)
-        return Outcome(Verdict.ACCEPT, "userdb_lookup", user, record.dn)
 
     def _run(self, state: _State, user: str, work: Callable[[Any], Outcome]) -> Outcome:
         """Run `work` with a pooled directory. A warm connection that turns out dead (slapd

@@ -184,20 +184,14 @@ def run(argv: list[str], env: dict[str, str]) -> int:
 
 def _lookup_in_process(cfg: "Config", user: str) -> "Outcome":
     """userdb lookup here: an Outcome (ACCEPT = the user exists)."""
-    from mailmfa.backends.ports import BackendUnavailable
-    from mailmfa.core.types import Outcome, Verdict
     from mailmfa.entry.common import build_directory
+    from mailmfa.service import userdb_lookup
 
     directory = build_directory(cfg)
     try:
-        record = directory.lookup(user)
-    except BackendUnavailable as exc:
-        return Outcome(Verdict.TEMPFAIL, exc.reason, user)
+        return userdb_lookup(directory, user)
     finally:
         directory.close()
-    if record is None:
-        return Outcome(Verdict.REJECT, "unknown_user", user)
-    return Outcome(Verdict.ACCEPT, "userdb_lookup", user, record.dn)
 
 
 def _exec_reply(reply: list[str], env: dict[str, str]) -> int:

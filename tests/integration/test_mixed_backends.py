@@ -42,6 +42,51 @@ def test_sqlite_tokens_with_ldap_passwords(workdir, slapd):
     assert ghost.returncode == 1 and "reason=bad_password" in ghost.stderr
 
 
+def test_sqlite_tokens_meet_every_name_the_directory_binds(workdir, slapd):
+    """LDAP finds `MIXV`, `ｍｉｘｖ` and `mi<soft hyphen>xv` as mixv (caseIgnoreMatch): each
+    must meet mixv's SQLite token, never pass as a user without one on the password alone;
+    and a token enrolled under another case (`Mixw`) guards the name as logged in (`mixw`)."""
+    db = workdir / "mixed-names" / "mailmfa.db"
+    cfg = write_config(workdir, slapd, "sqlite-ldap-names.toml",
+                       tail=f'[store]\nbackend = "sqlite"\npath = "{db}"\n')
+    secret = new_secret()
+    slapd.add_user("mixv", "mixv-pw")
+    slapd.add_user("mixw", "mixw-pw")
+    store = SqliteStore(str(db))
+    store.write_token("mixv", secret, TotpParams(), time.time())
+    store.write_token("Mixw", new_secret(), TotpParams(), time.time())
+    store.close()
+    for variant in ("MIXV", "\uff4d\uff49\uff58\uff56", "mi\u00adxv", "Mixv"):
+        proc = run_checkpassword(cfg, variant, "mixv-pw")
+        assert proc.returncode == 1 and "reason=bad_code" in proc.stderr, (variant, proc.stderr)
+    proc = run_checkpassword(cfg, "mixw", "mixw-pw")
+    assert proc.returncode == 1 and "reason=bad_code" in proc.stderr, proc.stderr
+    now = wait_for_step_safe()
+    ok = run_checkpassword(cfg, "MIXV", "mixv-pw" + code_at(secret, now))
+    assert ok.returncode == 0, ok.stderr
+    replay = run_checkpassword(cfg, "mixv", "mixv-pw" + code_at(secret, now))  # one token, one step
+    assert replay.returncode == 1 and "reason=replay" in replay.stderr, replay.stderr
+
+
+def test_userdb_lookup_asks_the_password_side(workdir, slapd):
+    """SQLite holds only enrolled users: a userdb lookup (LMTP/LDA recipient checks) of a
+    name it does not hold is answered by the directory, not "exists" for anything."""
+    db = workdir / "mixed-userdb" / "mailmfa.db"
+    cfg = write_config(workdir, slapd, "sqlite-ldap-userdb.toml",
+                       tail=f'[store]\nbackend = "sqlite"\npath = "{db}"\n')
+    slapd.add_user("mixu", "mixu-pw")
+    store = SqliteStore(str(db))
+    store.write_token("mixe", new_secret(), TotpParams(), time.time())  # in SQLite, not in LDAP
+    store.close()
+    found = run_checkpassword(cfg, "mixu", "", env={"AUTHORIZED": "1"})
+    assert found.returncode == 0 and "AUTHORIZED=2" in found.stdout.splitlines(), found.stderr
+    for ghost in ("no-such-user", "../../etc"):
+        proc = run_checkpassword(cfg, ghost, "", env={"AUTHORIZED": "1"})
+        assert proc.returncode == 3, (ghost, proc.stderr)
+    # a token left behind for a user the directory no longer has: no account
+    assert run_checkpassword(cfg, "mixe", "", env={"AUTHORIZED": "1"}).returncode == 3
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="creates a system user and a PAM service (root only)")
 def test_ldap_tokens_with_pam_passwords(workdir, slapd):
     exe = pam_bin()

@@ -223,3 +223,44 @@ def test_lookup_carries_the_throttle_state(db):
     s.record_failure(s.lookup("gus"), 1234.0)
     token = s.lookup("gus").token
     assert (token.failure_count, token.last_failure) == (1, 1234)
+
+
+def _schema_1_file(path: str, users: list[str]) -> None:
+    """A database as mailmfa 0.1 wrote it (schema 1: rows under the name as given)."""
+    from mailmfa.backends.sqlite import _MIGRATIONS
+
+    os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    conn = sqlite3.connect(path)
+    for statement in _MIGRATIONS[1]:
+        conn.execute(statement)
+    for user in users:
+        conn.execute('INSERT INTO tokens (user, secret, digits, period, algorithm, "window") '
+                     "VALUES (?, ?, 6, 30, 'SHA1', 1)", (user, SECRET))
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+
+def test_schema_2_files_rows_under_the_canonical_name(db):
+    _schema_1_file(db, ["Alice", "carol", "\uff24\uff41\uff56\uff45"])
+    s = _store(db)
+    assert s.schema_version() == SCHEMA_VERSION == 2
+    assert list(s.list_enrolled()) == ["alice", "carol", "dave"]
+    for typed in ("alice", "ALICE", "Alice"):
+        record = s.lookup(typed)
+        assert record is not None and record.name == typed and record.token.secret == SECRET
+    s.write_token("CAROL", SECRET, TotpParams(), 2.0, replace=False)  # the same user: kept, not added
+    assert list(s.list_enrolled()) == ["alice", "carol", "dave"]
+
+
+def test_schema_2_refuses_two_rows_for_one_name(db):
+    _schema_1_file(db, ["Bob", "bob", "erin"])
+    with pytest.raises(BackendUnavailable) as exc:
+        _store(db).lookup("erin")
+    assert exc.value.reason == "store_schema"
+    assert "'Bob'" in exc.value.detail and "'bob'" in exc.value.detail
+    conn = sqlite3.connect(db)  # nothing changed: the migration rolled back
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert sorted(r[0] for r in conn.execute("SELECT user FROM tokens")) == ["Bob", "bob", "erin"]
+    conn.close()
