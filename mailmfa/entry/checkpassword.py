@@ -119,6 +119,11 @@ def run(argv: list[str], env: dict[str, str]) -> int:
         return finish("fail", "bad_input", EXIT_FAIL)
     user, secret = request
     logline.fields["user"] = user[:256]
+    if env.get("CREDENTIALS_LOOKUP") == "1":
+        # Dovecot asks for the stored password (CRAM-MD5, DIGEST-MD5, ...): there is none a
+        # client could compute a response from, and a userdb-style "exists" answer must not
+        # be read as anything else
+        return finish("fail", "no_plaintext", EXIT_FAIL)
 
     def conclude(verdict: str, reason: str) -> int:
         """Map the daemon's (or the in-process) verdict to the checkpassword protocol."""

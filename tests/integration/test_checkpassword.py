@@ -164,6 +164,9 @@ def test_userdb_lookup(slapd, config):
     assert f"USER={uid}" in out and "AUTHORIZED=2" in out
     proc = run_checkpassword(config, "ghost", "", env={"AUTHORIZED": "1"})
     assert proc.returncode == 3
+    # a credentials lookup (non-plaintext mechanisms) is never answered "exists"
+    proc = run_checkpassword(config, uid, "", env={"AUTHORIZED": "1", "CREDENTIALS_LOOKUP": "1"})
+    assert proc.returncode == 1 and "reason=no_plaintext" in proc.stderr and "USER=" not in proc.stdout
 
 
 def test_config_errors_are_temporary(workdir, slapd):
