@@ -3,9 +3,10 @@
     auth     required  /lib/security/pam_python.so /PATH/TO/mailmfa/entry/pam_python_module.py [--config FILE]
     account  required  pam_permit.so
 
-Same decision as mailmfa-pam (same authenticate(), same log line), without starting a
-Python process per login: in a long-lived PAM user such as Dovecot's auth worker the
-interpreter and mailmfa's modules stay loaded between logins. pam_python executes this
+Same decision as mailmfa-pam (same authenticate(), same log line), in the PAM user's
+process. It saves nothing: libpam-python 1.1.0 starts the interpreter at pam_start and
+finalises it at pam_end, so every login imports mailmfa and ldap3 again (README, "The
+in-process variant": measured slower than pam_exec). pam_python executes this
 file by path (not as part of the package), so it puts the package root that contains it
 on sys.path first.
 
