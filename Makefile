@@ -1,7 +1,8 @@
 # mailmfa — the two commands: `make demo` and `make test`. Both install what is missing.
 PY := /usr/bin/python3
 # Dovecot runs the checkpassword program as the `dovecot` user, so the venv must sit where
-# that user can reach it: here when it can, else under /var/tmp (Dovecot runs the per-login programs as `dovecot`).
+# that user can reach it: here when it can, else under /var/tmp (a checkout under /root is
+# closed to it).
 VENV ?= $(shell if runuser -u dovecot -- test -x "$(CURDIR)/" 2>/dev/null; then echo "$(CURDIR)/.venv"; else echo "/var/tmp/mailmfa-venv-$$(echo '$(CURDIR)' | md5sum | cut -c1-8)"; fi)
 PYTEST_ARGS ?=
 RUFF ?= ruff
