@@ -157,3 +157,59 @@ def test_daemon_reenrolment_service_and_lowered_window(daemon, slapd):
     answer = ask(sock, old)
     assert answer.startswith(b"FAIL "), answer
     assert "state_unavailable" not in server.log_text()
+
+
+# --------------------------------------------------------------------------- the web sign-in
+
+
+def test_web_sign_in_neither_reuses_nor_leaves_an_entry(workdir, slapd):
+    """mailmfa-web's app (Flask's test client, in process, client address 127.0.0.1) with the
+    reuse window on: a password+code just used for IMAP from that address is a replay on the
+    sign-in page, and one used to sign in on the page is a replay for IMAP."""
+    pytest.importorskip("flask")
+    pytest.importorskip("cryptography")
+    import re
+
+    from mailmfa.config import load
+    from mailmfa.web.app import create_app
+
+    state = workdir / "rb-web-state"
+    state.mkdir(mode=0o700)
+    reuse_db = workdir / "rb-web.db"
+    cfg = write_config(workdir, slapd, "rb-web.toml", reuse_seconds=3600, state_file=reuse_db,
+                       tail=f'[web]\nstate_dir = "{state}"\nsecure_cookies = false\n')
+
+    def web_sign_in(uid: str, pw: str, code: str) -> tuple[int, str]:
+        client = create_app(load(str(cfg))).test_client()
+
+        def post(path: str, **form: str):
+            page = client.get(path).get_data(as_text=True)
+            token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+            return client.post(path, data={"csrf": token, **form})
+
+        r = post("/login", login=uid, password=pw)
+        assert r.status_code == 303 and r.headers["Location"].endswith("/login/code"), r.status_code
+        r = post("/login/code", code=code)
+        return r.status_code, r.headers.get("Location", "")
+
+    uid, pw, secret = new_user(slapd, "rbw")
+    uid2, pw2, secret2 = new_user(slapd, "rbw")
+    wait_for_step_safe(margin=8)
+    code = code_at(secret)
+    rc, _, err, _ = login(cfg, uid, pw + code, rip="127.0.0.1")
+    assert rc == 0 and reason(err) == "ok", err
+    assert login(cfg, uid, pw + code, rip="127.0.0.1")[0] == 0  # IMAP's own window works
+    status, _ = web_sign_in(uid, pw, code)
+    assert status == 401, status  # refused as a replay, not signed in
+
+    code2 = code_at(secret2)
+    size_before = reuse_db.stat().st_size
+    with sqlite3.connect(str(reuse_db)) as db:
+        rows_before = db.execute("SELECT count(*) FROM reuse_v2").fetchone()[0]
+    status, where = web_sign_in(uid2, pw2, code2)
+    assert status == 303 and where.endswith("/profile"), (status, where)
+    with sqlite3.connect(str(reuse_db)) as db:
+        assert db.execute("SELECT count(*) FROM reuse_v2").fetchone()[0] == rows_before
+    assert reuse_db.stat().st_size == size_before
+    rc, _, err, _ = login(cfg, uid2, pw2 + code2, rip="127.0.0.1")
+    assert rc == 1 and reason(err) == "replay", err
