@@ -163,6 +163,16 @@ def _clock_words(offset_steps: int) -> str:
 
 
 def _code_arg(ctx: Ctx, text: str, params: TotpParams, name: str = "CODE") -> str:
+    """A code from the command line, or, given as "-", the next line of standard input (so
+    the code is not on the command line, where `ps` shows it to every local user)."""
+    if text == "-":
+        if ctx.stdin.isatty():
+            ctx.err.write(f"{name}: ")
+            ctx.err.flush()
+        line = ctx.stdin.readline(core.MAX_CODE_INPUT + 1)
+        if not line:
+            raise _Usage(f"{name} is \"-\" but standard input has no line for it")
+        text = line.rstrip("\r\n")
     code = core.normalize_code(text, params.digits)
     if code is None:
         raise _Usage(f"{name} must be the {params.digits} digits the app shows")
@@ -688,7 +698,8 @@ or that it matches nothing (another account in the app, or an old key). Read-onl
 never uses up the code. Exit 0 when the code matches a time, 1 when it matches none.""",
             cmd_diagnose)
     p.add_argument("user", metavar="USER")
-    p.add_argument("code", metavar="CODE", help="the code the app shows now")
+    p.add_argument("code", metavar="CODE", help='the code the app shows now; "-": read it from '
+                   "standard input (keeps it out of the process list)")
 
     p = add("resync", "store a phone's clock offset from two consecutive codes", """\
 For a phone whose clock is off and cannot be fixed: CODE1 and CODE2, two codes the app
@@ -697,8 +708,10 @@ is stored in whole steps (oathTOTPTimeStepDrift) and every later login checks co
 around it. The two codes are used up. Fixing the phone's clock (automatic time) is
 better: run resync again afterwards.""", cmd_resync)
     p.add_argument("user", metavar="USER")
-    p.add_argument("code1", metavar="CODE1")
-    p.add_argument("code2", metavar="CODE2", help="the code shown right after CODE1")
+    p.add_argument("code1", metavar="CODE1", help='"-": read it from standard input (keeps it out '
+                   "of the process list)")
+    p.add_argument("code2", metavar="CODE2", help='the code shown right after CODE1; "-": the next '
+                   "line of standard input (`- -`: CODE1 then CODE2, one per line)")
 
     p = add("disable", "switch 2-step verification off for a user", """\
 Removes USER's token and the link to it in one step (a separate token entry is then

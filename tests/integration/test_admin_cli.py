@@ -446,6 +446,37 @@ def test_resync_on_separate_token_entry(slapd, config):
     assert slapd.token_state(uid, token_on_user=False).first("oathTOTPTimeStepDrift") == "10"
 
 
+
+def test_codes_read_from_standard_input_with_dash(slapd, config):
+    """CODE "-" reads the code from standard input (one per line), keeping it out of `ps`;
+    the argv form keeps working (the tests above)."""
+    secret = new_secret()
+    uid, _ = new_user(slapd, secret)
+    now = wait_for_step_safe()
+    proc = mailmfa(config, "diagnose", uid, "-", "--json", stdin=code_at(secret, now - 180) + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["offset_seconds"] == -180
+    proc = mailmfa(config, "diagnose", uid, "-", stdin="")  # no line: a usage error
+    assert proc.returncode == 2 and 'CODE is "-" but standard input has no line' in proc.stderr
+    proc = mailmfa(config, "diagnose", uid, "-", stdin="12ab\n")
+    assert proc.returncode == 2 and "6 digits" in proc.stderr
+    proc = mailmfa(config, "diagnose", uid, "-", stdin="9" * 200 + "\n")  # bounded read
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    # resync: both from stdin, in order ...
+    codes = f"{code_at(secret, now + 270)}\r\n{code_at(secret, now + 300)}\n"
+    proc = mailmfa(config, "resync", uid, "-", "-", "--json", stdin=codes)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["drift_steps"] == 10
+    assert slapd.token_state(uid).first("oathTOTPTimeStepDrift") == "10"
+    # ... or one of them
+    uid2, _ = new_user(slapd, secret)
+    proc = mailmfa(config, "resync", uid2, code_at(secret, now - 600), "-", "--json",
+                   stdin=code_at(secret, now - 570) + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["drift_steps"] == -19
+    proc = mailmfa(config, "resync", uid2, "-", "-", stdin=code_at(secret, now + 60) + "\n")
+    assert proc.returncode == 2 and 'CODE2 is "-"' in proc.stderr
+
 # ---------------------------------------------------------------------------------- disable
 
 
