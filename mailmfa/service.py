@@ -66,12 +66,17 @@ def reuse_enabled(config: Config) -> bool:
 
 
 def authenticate(req: Request, directory: Directory, config: Config, now: float,
-                 reuse: ReuseStore | MemoryReuseStore | None = None) -> Outcome:
+                 reuse: ReuseStore | MemoryReuseStore | None = None, *,
+                 allow_reuse: bool = True) -> Outcome:
     """Decide one login. Both factors are always evaluated; the outcome names the first
     failing one for the log, and the protocol answer never tells the client which.
 
     `reuse`: the reuse store; when None and `[policy] reuse_seconds` > 0 one is opened on
-    `[policy] state_file` for this call (mailmfa-authd passes its in-memory one)."""
+    `[policy] state_file` for this call (mailmfa-authd passes its in-memory one).
+    `allow_reuse=False`: no reuse window at all (neither consulted nor written), for a
+    caller that is not a mail client's burst of parallel connections (the web sign-in)."""
+    if not allow_reuse:
+        return _authenticate(req, directory, config, now, None)
     own = None
     if reuse is None and reuse_enabled(config):
         from mailmfa.backends.state import open_reuse_store
@@ -136,7 +141,8 @@ def _authenticate(req: Request, directory: Directory, config: Config, now: float
         check = check_code(token, code, now)
         if check.result == CODE_BAD:
             # reuse_seconds may outlast the code's window (a code is valid 30-90 s)
-            if reuse is not None and reuse.seen(req.user, req.secret, req.rip, now):
+            if reuse is not None and reuse.seen(req.user, req.secret, req.rip, now,
+                                                service=req.service, token=token.secret):
                 return Outcome(Verdict.ACCEPT, REUSED, req.user, record.dn)
             if not is_stale_code(token, code, now):
                 directory.record_failure(record, now)
@@ -146,16 +152,18 @@ def _authenticate(req: Request, directory: Directory, config: Config, now: float
             # right after: wait briefly for it only when the code is exactly that step
             just_used = check.step is not None and check.step == token.last_step
             if reuse is not None and reuse.seen(req.user, req.secret, req.rip, now,
-                                                wait=REUSE_WAIT if just_used else 0.0):
+                                                wait=REUSE_WAIT if just_used else 0.0,
+                                                service=req.service, token=token.secret):
                 return Outcome(Verdict.ACCEPT, REUSED, req.user, record.dn, check.step)
             return _refuse(req, REPLAY, record.dn)
         assert check.result == CODE_OK and check.step is not None
         if not directory.record_success(record, check.step, now):
-            if reuse is not None and reuse.seen(req.user, req.secret, req.rip, now, wait=REUSE_WAIT):
+            if reuse is not None and reuse.seen(req.user, req.secret, req.rip, now, wait=REUSE_WAIT,
+                                                service=req.service, token=token.secret):
                 return Outcome(Verdict.ACCEPT, REUSED, req.user, record.dn, check.step)
             return _refuse(req, REPLAY, record.dn)
         if reuse is not None:
-            reuse.remember(req.user, req.secret, req.rip, now)
+            reuse.remember(req.user, req.secret, req.rip, now, service=req.service, token=token.secret)
         return Outcome(Verdict.ACCEPT, OK, req.user, record.dn, check.step)
     except BackendUnavailable as exc:
         return Outcome(Verdict.TEMPFAIL, exc.reason, req.user)

@@ -9,6 +9,7 @@ come from `secrets` here, because generating them is I/O the pure core must not 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -162,6 +163,16 @@ def _clock_words(offset_steps: int) -> str:
 
 
 def _code_arg(ctx: Ctx, text: str, params: TotpParams, name: str = "CODE") -> str:
+    """A code from the command line, or, given as "-", the next line of standard input (so
+    the code is not on the command line, where `ps` shows it to every local user)."""
+    if text == "-":
+        if ctx.stdin.isatty():
+            ctx.err.write(f"{name}: ")
+            ctx.err.flush()
+        line = ctx.stdin.readline(core.MAX_CODE_INPUT + 1)
+        if not line:
+            raise _Usage(f"{name} is \"-\" but standard input has no line for it")
+        text = line.rstrip("\r\n")
     code = core.normalize_code(text, params.digits)
     if code is None:
         raise _Usage(f"{name} must be the {params.digits} digits the app shows")
@@ -185,26 +196,64 @@ def _enrolled_state(ctx: Ctx, user: str) -> core.TokenState:
 # ----------------------------------------------------------------------------- enroll
 
 
-def _write_qr(path: str, uri: str) -> None:
-    """The QR code as FILE.svg or FILE.png, readable by its owner only (it holds the key)."""
-    import io
+class _QrFile:
+    """--qr FILE, created new before anything is written to the directory: O_EXCL (an existing
+    file -- or a symlink, even a dangling one -- is refused, never overwritten or followed:
+    the command runs as root and the image holds the key) and mode 0600 set on the new file.
+    The interactive enrolment rewrites it through the same descriptor when a new key is made;
+    it is removed again unless the enrolment completes (its key would be of no use)."""
 
-    import segno
+    def __init__(self, path: str) -> None:
+        kind = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+        if kind not in ("svg", "png"):
+            raise _Usage(f"--qr {path}: the file name must end in .svg or .png")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            raise _Usage(f"--qr: {path} exists: remove it or choose another name") from None
+        except OSError as exc:
+            raise AdminError(f"--qr {path}: {exc.strerror}") from None
+        self.path, self.kind, self.fd = path, kind, fd
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            st = os.fstat(fd)
+        except OSError as exc:
+            self.close(keep=False)
+            raise AdminError(f"--qr {path}: {exc.strerror}") from None
+        self._ident = (st.st_dev, st.st_ino)
 
-    kind = path.rsplit(".", 1)[-1].lower() if "." in path else ""
-    if kind not in ("svg", "png"):
-        raise _Usage(f"--qr {path}: the file name must end in .svg or .png")
-    buf = io.BytesIO()
-    segno.make(uri, micro=False).save(buf, kind=kind, scale=6 if kind == "png" else 4, border=4)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-    except OSError as exc:
-        raise AdminError(f"--qr {path}: {exc.strerror}") from None
+    def write(self, uri: str) -> None:
+        import io
+
+        import segno
+
+        buf = io.BytesIO()
+        segno.make(uri, micro=False).save(buf, kind=self.kind, scale=6 if self.kind == "png" else 4, border=4)
+        data = buf.getvalue()
+        try:
+            os.ftruncate(self.fd, 0)
+            written = 0
+            while written < len(data):
+                written += os.pwrite(self.fd, data[written:], written)
+        except OSError as exc:
+            raise AdminError(f"--qr {self.path}: {exc.strerror}") from None
+
+    def close(self, keep: bool) -> None:
+        """Close; unless `keep`, unlink the file -- only if the name still is the file we made."""
+        if self.fd < 0:
+            return
+        os.close(self.fd)
+        self.fd = -1
+        if not keep:
+            with contextlib.suppress(OSError):
+                st = os.lstat(self.path)
+                if (st.st_dev, st.st_ino) == self._ident:
+                    os.unlink(self.path)
 
 
-def _show_setup(ctx: Ctx, user: str, secret: bytes, params: TotpParams, uri: str) -> None:
+def _show_setup(ctx: Ctx, user: str, secret: bytes, params: TotpParams, uri: str,
+                qr: _QrFile | None) -> None:
     args = ctx.args
     issuer = ctx.config.totp.issuer
     ctx.say(f"Set up 2-step verification for {user}")
@@ -217,9 +266,9 @@ def _show_setup(ctx: Ctx, user: str, secret: bytes, params: TotpParams, uri: str
         segno.make(uri, micro=False).terminal(out=ctx.out, compact=True)
     elif not args.qr:
         ctx.say("   (no QR code shown: not a terminal; use --qr FILE.png or --terminal-qr yes)")
-    if args.qr:
-        _write_qr(args.qr, uri)
-        ctx.say(f"   QR code written to {args.qr} (it contains the key: delete it after use)")
+    if qr is not None:
+        qr.write(uri)
+        ctx.say(f"   QR code written to {qr.path} (it contains the key: delete it after use)")
     ctx.say(f"   otpauth URI: {uri}")
     ctx.say()
     ctx.say("2. Can't scan the barcode? Enter these settings by hand:")
@@ -249,8 +298,6 @@ def _read_line(ctx: Ctx, prompt: str) -> str | None:
 
 
 def cmd_enroll(ctx: Ctx) -> int:
-    import secrets
-
     args = ctx.args
     user = args.user
     if args.json and not args.no_verify:
@@ -263,15 +310,31 @@ def cmd_enroll(ctx: Ctx) -> int:
             f"{user} already has 2-step verification{since}. To give a new key (the old one "
             f"stops working once the new one is confirmed): mailmfa enroll --replace {user}")
     params = admin.enrolment_params()
+    qr = _QrFile(args.qr) if args.qr else None  # before anything is written
+    rc = EXIT_REFUSED
+    try:
+        rc = _enroll(ctx, state, params, qr)
+        return rc
+    finally:
+        if qr is not None:
+            qr.close(keep=rc == EXIT_OK)
+
+
+def _enroll(ctx: Ctx, state: core.TokenState, params: TotpParams, qr: _QrFile | None) -> int:
+    import secrets
+
+    args = ctx.args
+    user = args.user
+    admin = ctx.admin()
     issuer = ctx.config.totp.issuer
     user_dn = state.dn
 
     if args.no_verify:
         secret = secrets.token_bytes(SECRET_BYTES)
         uri = core.otpauth_uri(secret, user, issuer, params)
+        if qr is not None:
+            qr.write(uri)  # first: a file that cannot be written leaves the directory untouched
         admin.write_token(user, core.NewToken(secret, params, ctx.clock(), None), replace=args.replace)
-        if args.qr:
-            _write_qr(args.qr, uri)
         ctx.event(event="enroll", user=user, result="ok", verified="no",
                   replaced="yes" if state.enrolled else None)
         if args.json:
@@ -293,7 +356,7 @@ def cmd_enroll(ctx: Ctx) -> int:
     while True:
         secret = secrets.token_bytes(SECRET_BYTES)
         uri = core.otpauth_uri(secret, user, issuer, params)
-        _show_setup(ctx, user, secret, params, uri)
+        _show_setup(ctx, user, secret, params, uri, qr)
         ctx.say(f"3. Type the {params.digits}-digit code the app now shows for this account.")
         ctx.say('   If you missed the first code, repeat the steps: type "new" for a new key.')
         new_key = False
@@ -603,8 +666,10 @@ nothing is written, so an abandoned enrolment never leaves 2FA half on.""", cmd_
     p.add_argument("--no-verify", action="store_true",
                    help="bulk provisioning: write at once without asking for a code and print the "
                    "URI for hand-over (with --json: as JSON)")
-    p.add_argument("--qr", metavar="FILE", help="also write the QR code to FILE.svg or FILE.png "
-                   "(mode 0600: it contains the key)")
+    p.add_argument("--qr", metavar="FILE", help="also write the QR code to FILE.svg or FILE.png, "
+                   "a NEW file, mode 0600 (it contains the key): an existing FILE or a symlink is "
+                   "refused (exit 2), never overwritten or followed; removed again if the enrolment "
+                   "does not complete")
     p.add_argument("--terminal-qr", choices=("auto", "yes", "no"), default="auto",
                    help="draw the QR code in the terminal (auto: when stdout is a terminal)")
 
@@ -633,7 +698,8 @@ or that it matches nothing (another account in the app, or an old key). Read-onl
 never uses up the code. Exit 0 when the code matches a time, 1 when it matches none.""",
             cmd_diagnose)
     p.add_argument("user", metavar="USER")
-    p.add_argument("code", metavar="CODE", help="the code the app shows now")
+    p.add_argument("code", metavar="CODE", help='the code the app shows now; "-": read it from '
+                   "standard input (keeps it out of the process list)")
 
     p = add("resync", "store a phone's clock offset from two consecutive codes", """\
 For a phone whose clock is off and cannot be fixed: CODE1 and CODE2, two codes the app
@@ -642,8 +708,10 @@ is stored in whole steps (oathTOTPTimeStepDrift) and every later login checks co
 around it. The two codes are used up. Fixing the phone's clock (automatic time) is
 better: run resync again afterwards.""", cmd_resync)
     p.add_argument("user", metavar="USER")
-    p.add_argument("code1", metavar="CODE1")
-    p.add_argument("code2", metavar="CODE2", help="the code shown right after CODE1")
+    p.add_argument("code1", metavar="CODE1", help='"-": read it from standard input (keeps it out '
+                   "of the process list)")
+    p.add_argument("code2", metavar="CODE2", help='the code shown right after CODE1; "-": the next '
+                   "line of standard input (`- -`: CODE1 then CODE2, one per line)")
 
     p = add("disable", "switch 2-step verification off for a user", """\
 Removes USER's token and the link to it in one step (a separate token entry is then

@@ -2,17 +2,27 @@
 
 Mail clients open several connections within seconds with the same password+code; strict
 replay refusal would fail all but one. After a success the orchestrator remembers a keyed
-hash of (user, whole password+code string, client IP) with an expiry, and a replayed code
-is accepted again only when that hash is present and fresh (the password is still checked
-by the directory every time).
+hash of (user, service, whole password+code string, client IP, token secret) with the time
+it was remembered, and a replayed code is accepted again only when that hash is present and
+younger than the CURRENT `reuse_seconds` (the password is still checked by the directory
+every time). Why each field is in the hash:
+- the service: a string accepted for IMAP is not accepted for POP3 or SMTP (nor anywhere
+  else) -- each protocol's client burst gets its own entry;
+- the token's secret (inside the HMAC input, never stored): after a re-enrolment (new
+  secret) or a removal the old token's password+code never matches an entry again;
+- the time remembered, not an expiry: lowering `reuse_seconds` (and reloading) shortens
+  the entries already stored, too.
 
 A local SQLite file (stdlib sqlite3, imported only when reuse is on), because the
 guarantee is per client connection burst, which lands on one mail server. What it holds:
-a random 32-byte key (made when the file is created) and HMAC-SHA256 digests with expiry
-times -- no user name, password, code or IP in clear. The key sits beside the digests, so
-the file is created 0600 and must be protected like the rest of /var/lib/mailmfa: with
-the key, a digest can be tested against guesses (HMAC-SHA256 rather than scrypt because
-this runs on every login; the entries live `reuse_seconds` only).
+a random 32-byte key (made when the file is created) and HMAC-SHA256 digests with the time
+they were remembered -- no user name, password, code, IP or token secret in clear. The key
+sits beside the digests, so the file is created 0600 and must be protected like the rest of
+/var/lib/mailmfa: with the key, a digest can be tested against guesses (HMAC-SHA256 rather
+than scrypt because this runs on every login; the entries live `reuse_seconds` only).
+Entries are kept in table `reuse_v2`; a file from an earlier version (table `reuse`, no
+service or token in its digests) has that table dropped on first use: its entries would
+never match again anyway, and losing them only means a strict replay refusal.
 
 Failure is never fatal and never an acceptance: if the file cannot be opened, read or
 written (read-only, disk full, wrong owner), reuse simply does not apply -- the login is
@@ -35,13 +45,16 @@ BUSY_TIMEOUT = 2.0  # seconds SQLite waits for another process' write lock
 POLL_INTERVAL = 0.05
 
 
-def _digest(key: bytes, user: str, secret: str, rip: str) -> bytes:
-    """Length-prefixed fields, so ("ab","c") and ("a","bc") never collide."""
+def _digest(key: bytes, user: str, service: str, secret: str, rip: str, token: bytes) -> bytes:
+    """Length-prefixed fields, so ("ab","c") and ("a","bc") never collide. `token` is the
+    token's secret: it only ever enters the HMAC, so it is never stored."""
     mac = hmac.new(key, digestmod=hashlib.sha256)
-    for part in (user, secret, rip):
+    for part in (user, service, secret, rip):
         raw = part.encode("utf-8", "surrogatepass")
         mac.update(len(raw).to_bytes(4, "big"))
         mac.update(raw)
+    mac.update(len(token).to_bytes(4, "big"))
+    mac.update(token)
     return mac.digest()
 
 
@@ -76,7 +89,9 @@ class ReuseStore:
         try:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
-            db.execute("CREATE TABLE IF NOT EXISTS reuse (digest BLOB PRIMARY KEY, expires REAL NOT NULL)")
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reuse'").fetchone():
+                db.execute("DROP TABLE IF EXISTS reuse")  # an earlier version's format (see above)
+            db.execute("CREATE TABLE IF NOT EXISTS reuse_v2 (digest BLOB PRIMARY KEY, remembered REAL NOT NULL)")
             db.execute("INSERT OR IGNORE INTO meta VALUES ('key', ?)", (os.urandom(32),))
             row = db.execute("SELECT value FROM meta WHERE name = 'key'").fetchone()
         except BaseException:
@@ -96,8 +111,10 @@ class ReuseStore:
         self._db = None
 
     # -- the two operations -----------------------------------------------------------------
-    def seen(self, user: str, secret: str, rip: str, now: float, wait: float = 0.0) -> bool:
-        """True when this string was accepted from `rip` less than `seconds` before `now`.
+    def seen(self, user: str, secret: str, rip: str, now: float, wait: float = 0.0, *,
+             service: str, token: bytes) -> bool:
+        """True when this string was accepted for `service` from `rip`, with the same token
+        secret, less than `seconds` (its current value) before `now`.
 
         `wait` > 0 polls for that long: a parallel login that just won the step update
         writes its entry right after, and the loser of that race should see it.
@@ -111,8 +128,8 @@ class ReuseStore:
                 db = self._open()
                 assert self._key is not None
                 row = db.execute(
-                    "SELECT 1 FROM reuse WHERE digest = ? AND expires > ?",
-                    (_digest(self._key, user, secret, rip), now),
+                    "SELECT 1 FROM reuse_v2 WHERE digest = ? AND remembered > ?",
+                    (_digest(self._key, user, service, secret, rip, token), now - self.seconds),
                 ).fetchone()
             except Exception as exc:  # noqa: BLE001 - any storage problem turns reuse off
                 self._problem("read", exc)
@@ -123,7 +140,8 @@ class ReuseStore:
                 return False
             time.sleep(POLL_INTERVAL)
 
-    def remember(self, user: str, secret: str, rip: str, now: float) -> bool:
+    def remember(self, user: str, secret: str, rip: str, now: float, *,
+                 service: str, token: bytes) -> bool:
         """Record an accepted string (and purge expired entries); False if it could not."""
         if not rip or self.seconds <= 0 or self._failed:
             return False
@@ -132,10 +150,10 @@ class ReuseStore:
             assert self._key is not None
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("DELETE FROM reuse WHERE expires <= ?", (now,))
+                db.execute("DELETE FROM reuse_v2 WHERE remembered <= ?", (now - self.seconds,))
                 db.execute(
-                    "INSERT OR REPLACE INTO reuse VALUES (?, ?)",
-                    (_digest(self._key, user, secret, rip), now + self.seconds),
+                    "INSERT OR REPLACE INTO reuse_v2 VALUES (?, ?)",
+                    (_digest(self._key, user, service, secret, rip, token), now),
                 )
                 db.execute("COMMIT")
             except BaseException:
@@ -162,44 +180,47 @@ class MemoryReuseStore:
     def __init__(self, seconds: int) -> None:
         self.seconds = seconds  # the daemon updates it on reload
         self._key = os.urandom(32)
-        self._expiry: dict[bytes, float] = {}  # insertion order = expiry order: oldest first
+        self._remembered: dict[bytes, float] = {}  # insertion order = age order: oldest first
         self._changed = threading.Condition()
 
-    def seen(self, user: str, secret: str, rip: str, now: float, wait: float = 0.0) -> bool:
+    def seen(self, user: str, secret: str, rip: str, now: float, wait: float = 0.0, *,
+             service: str, token: bytes) -> bool:
         """As ReuseStore.seen; a waiting caller wakes as soon as another thread remembers."""
         if not rip or self.seconds <= 0:
             return False
-        digest = _digest(self._key, user, secret, rip)
+        digest = _digest(self._key, user, service, secret, rip, token)
         deadline = time.monotonic() + wait
         with self._changed:
             while True:
-                expires = self._expiry.get(digest)
-                if expires is not None and expires > now:
+                remembered = self._remembered.get(digest)
+                if remembered is not None and remembered > now - self.seconds:
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._changed.wait(left)
 
-    def remember(self, user: str, secret: str, rip: str, now: float) -> bool:
+    def remember(self, user: str, secret: str, rip: str, now: float, *,
+                 service: str, token: bytes) -> bool:
         """Record an accepted string, dropping expired (and, when full, the oldest) entries."""
         if not rip or self.seconds <= 0:
             return False
-        digest = _digest(self._key, user, secret, rip)
+        digest = _digest(self._key, user, service, secret, rip, token)
         with self._changed:
-            entries = self._expiry
+            entries = self._remembered
             entries.pop(digest, None)
+            oldest_kept = now - self.seconds
             while entries:
                 oldest = next(iter(entries))
-                if entries[oldest] > now and len(entries) < self.MAX_ENTRIES:
+                if entries[oldest] > oldest_kept and len(entries) < self.MAX_ENTRIES:
                     break
                 del entries[oldest]
-            entries[digest] = now + self.seconds
+            entries[digest] = now
             self._changed.notify_all()
         return True
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        return len(self._remembered)
 
     def close(self) -> None:
         """Nothing to release (the same interface as ReuseStore)."""

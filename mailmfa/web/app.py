@@ -264,10 +264,15 @@ def create_app(
         return isinstance(at, (int, float)) and 0 <= clock() - at <= web.reauth_timeout
 
     def authenticate(user: str, secret: str):
+        """The mail login's decision, without the reuse window: a browser sign-in is one
+        deliberate request, not a mail client's burst of parallel connections, so a
+        password+code is good here exactly once (strict replay refusal). Nor does a web
+        sign-in leave an entry a mail login (or another sign-in from the same address)
+        could reuse; the window's service field keeps mail protocols apart likewise."""
         from mailmfa.service import authenticate as core_authenticate
 
         req = AuthRequest(user, secret, SERVICE, request.remote_addr or "")
-        return core_authenticate(req, directory(), config, clock())
+        return core_authenticate(req, directory(), config, clock(), allow_reuse=False)
 
     def token_state(user: str):
         return admin().token_state(user)

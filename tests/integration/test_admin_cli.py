@@ -217,6 +217,61 @@ def test_no_verify_json_qr_files_then_login(slapd, config, workdir):
     assert bad.returncode == 2 and ".svg or .png" in bad.stderr
 
 
+
+def test_qr_file_is_made_new_never_overwritten_nor_followed(slapd, config, workdir):
+    """--qr FILE runs as root and the image holds the key: an existing file, a symlink (to a
+    file or dangling) is refused with exit 2 before the directory is touched; a new file is
+    0600 whatever the umask."""
+    uid, _ = new_user(slapd)
+    before = entry(slapd, uid)
+    existing = workdir / f"{uid}-old.png"
+    existing.write_bytes(b"keep me")
+    existing.chmod(0o644)
+    target = workdir / f"{uid}-target.png"
+    target.write_bytes(b"not yours")
+    link = workdir / f"{uid}-link.png"
+    link.symlink_to(target)
+    dangling = workdir / f"{uid}-dangling.svg"
+    dangling.symlink_to(workdir / f"{uid}-would-be-created.svg")
+    for path in (existing, link, dangling):
+        proc = mailmfa(config, "enroll", uid, "--no-verify", "--qr", str(path))
+        assert proc.returncode == 2, proc.stderr
+        assert f"--qr: {path} exists: remove it or choose another name" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert existing.read_bytes() == b"keep me" and stat.S_IMODE(existing.stat().st_mode) == 0o644
+    assert target.read_bytes() == b"not yours"
+    assert not (workdir / f"{uid}-would-be-created.svg").exists()
+    assert entry(slapd, uid) == before  # refused before anything was written
+    fresh = workdir / f"{uid}-new.png"
+    proc = subprocess.run([*mailmfa_cmd(), "--config", str(config), "enroll", uid, "--no-verify",
+                           "--qr", str(fresh)], capture_output=True, text=True, timeout=60, umask=0)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600 and fresh.stat().st_uid == os.getuid()
+    assert fresh.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_qr_file_follows_the_interactive_enrolment(slapd, config, workdir):
+    """"new" rewrites the same file with the new key; an abandoned enrolment removes it (its
+    key was never stored); a completed one keeps it."""
+    uid, _ = new_user(slapd)
+    qr = workdir / f"{uid}.svg"
+    e = Enrolment(config, uid, "--qr", str(qr))
+    e.read_secret()
+    first = qr.read_bytes()
+    e.type("new")
+    e.read_secret()
+    assert qr.read_bytes() != first and b"<svg" in qr.read_bytes()
+    rc, _, err = e.finish()  # end of input: abandoned
+    assert rc == 1 and "abandoned" in err
+    assert not qr.exists()
+    wait_for_step_safe(margin=5)
+    e = Enrolment(config, uid, "--qr", str(qr))
+    secret = e.read_secret()
+    e.type(code_at(secret))
+    rc, _, err = e.finish()
+    assert rc == 0, err
+    assert stat.S_IMODE(qr.stat().st_mode) == 0o600 and b"<svg" in qr.read_bytes()
+
 def test_base32_encoding_and_params_dn(workdir, slapd):
     cfg = write_config(workdir, slapd, "b32.toml",
                        extra_ldap=f'secret_encoding = "base32"\nparams_dn = "{slapd.params_dn}"')
@@ -390,6 +445,37 @@ def test_resync_on_separate_token_entry(slapd, config):
     assert proc.returncode == 0, proc.stderr
     assert slapd.token_state(uid, token_on_user=False).first("oathTOTPTimeStepDrift") == "10"
 
+
+
+def test_codes_read_from_standard_input_with_dash(slapd, config):
+    """CODE "-" reads the code from standard input (one per line), keeping it out of `ps`;
+    the argv form keeps working (the tests above)."""
+    secret = new_secret()
+    uid, _ = new_user(slapd, secret)
+    now = wait_for_step_safe()
+    proc = mailmfa(config, "diagnose", uid, "-", "--json", stdin=code_at(secret, now - 180) + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["offset_seconds"] == -180
+    proc = mailmfa(config, "diagnose", uid, "-", stdin="")  # no line: a usage error
+    assert proc.returncode == 2 and 'CODE is "-" but standard input has no line' in proc.stderr
+    proc = mailmfa(config, "diagnose", uid, "-", stdin="12ab\n")
+    assert proc.returncode == 2 and "6 digits" in proc.stderr
+    proc = mailmfa(config, "diagnose", uid, "-", stdin="9" * 200 + "\n")  # bounded read
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    # resync: both from stdin, in order ...
+    codes = f"{code_at(secret, now + 270)}\r\n{code_at(secret, now + 300)}\n"
+    proc = mailmfa(config, "resync", uid, "-", "-", "--json", stdin=codes)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["drift_steps"] == 10
+    assert slapd.token_state(uid).first("oathTOTPTimeStepDrift") == "10"
+    # ... or one of them
+    uid2, _ = new_user(slapd, secret)
+    proc = mailmfa(config, "resync", uid2, code_at(secret, now - 600), "-", "--json",
+                   stdin=code_at(secret, now - 570) + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["drift_steps"] == -19
+    proc = mailmfa(config, "resync", uid2, "-", "-", stdin=code_at(secret, now + 60) + "\n")
+    assert proc.returncode == 2 and 'CODE2 is "-"' in proc.stderr
 
 # ---------------------------------------------------------------------------------- disable
 

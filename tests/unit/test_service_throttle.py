@@ -66,8 +66,8 @@ def wrong(now):
     return next(f"{n:06d}" for n in range(1_000_000) if f"{n:06d}" not in good)
 
 
-def login(d, secret, now, config=None, rip="192.0.2.1", reuse=None):
-    return authenticate(Request("alice", secret, "imap", rip), d, config or cfg(), now, reuse)
+def login(d, secret, now, config=None, rip="192.0.2.1", reuse=None, service="imap", **kw):
+    return authenticate(Request("alice", secret, service, rip), d, config or cfg(), now, reuse, **kw)
 
 
 def test_five_free_tries_then_throttled_without_checking_the_code():
@@ -189,6 +189,65 @@ def test_passing_a_store_uses_it(tmp_path):
     s = "pw" + code(T0)
     assert login(d, s, T0, cfg(0), reuse=store).reason == "ok"
     assert login(d, s, T0 + 1, cfg(0), reuse=store).reason == "reused"
+
+
+def _store(kind, tmp_path, seconds):
+    from mailmfa.backends.state import MemoryReuseStore
+
+    return ReuseStore(str(tmp_path / "s.db"), seconds) if kind == "sqlite" else MemoryReuseStore(seconds)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_reenrolled_token_does_not_accept_the_old_password_and_code(tmp_path, kind):
+    """The security audit's case: an administrator re-enrols alice (new secret); the old
+    token's password+code is refused from the same IP at once, not reused for up to an hour."""
+    store = _store(kind, tmp_path, 3600)
+    d = MemDirectory()
+    old = "pw" + code(T0)
+    assert login(d, old, T0, reuse=store).reason == "ok"
+    assert login(d, old, T0 + 1, reuse=store).reason == "reused"  # the window works
+    d.token = Token("uid=a", b"NEW-SECRET-0123456789", TotpParams())
+    for dt in (5, 300, 1800):
+        out = login(d, old, T0 + dt, reuse=store)
+        assert out.verdict is Verdict.REJECT and out.reason == "bad_code", (dt, out)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_lowered_reuse_seconds_applies_to_entries_already_stored(tmp_path, kind):
+    store = _store(kind, tmp_path, 3600)
+    d = MemDirectory()
+    s = "pw" + code(T0)
+    assert login(d, s, T0, reuse=store).reason == "ok"
+    assert login(d, s, T0 + 1800, reuse=store).reason == "reused"
+    store.seconds = 60  # what mailmfa-authd's reload does
+    assert login(d, s, T0 + 1801, reuse=store).reason in ("replay", "bad_code")
+    assert login(d, s, T0 + 30, reuse=store).reason == "reused"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_reuse_is_per_service(tmp_path, kind):
+    store = _store(kind, tmp_path, 60)
+    d = MemDirectory()
+    s = "pw" + code(T0)
+    assert login(d, s, T0, reuse=store, service="imap").reason == "ok"
+    assert login(d, s, T0 + 1, reuse=store, service="imap").reason == "reused"
+    for other in ("pop3", "smtp", "web"):
+        assert login(d, s, T0 + 2, reuse=store, service=other).reason == "replay", other
+
+
+def test_allow_reuse_false_neither_reads_nor_writes_the_window(tmp_path):
+    """The web sign-in's mode: strict replay refusal, and no entry a mail login could use."""
+    state = tmp_path / "state.db"
+    config = cfg(60, str(state))
+    d = MemDirectory()
+    s = "pw" + code(T0)
+    assert login(d, s, T0, config, service="web", allow_reuse=False).reason == "ok"
+    assert login(d, s, T0 + 1, config, service="web", allow_reuse=False).reason == "replay"
+    assert not state.exists()  # the success wrote no entry
+    assert login(d, s, T0 + 2, config, service="web").reason == "replay"
+    d2 = MemDirectory()
+    assert login(d2, s, T0, config, service="web").reason == "ok"  # an entry for "web" exists now
+    assert login(d2, s, T0 + 1, config, service="web", allow_reuse=False).reason == "replay"
 
 
 @pytest.mark.parametrize("user", [" alice", "alice ", "al  ice", "alice\t"])
