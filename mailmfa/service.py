@@ -142,7 +142,7 @@ def _authenticate(req: Request, directory: Directory, config: Config, now: float
         if check.result == CODE_BAD:
             # reuse_seconds may outlast the code's window (a code is valid 30-90 s)
             if reuse is not None and reuse.seen(req.user, req.secret, req.rip, now,
-                                                service=req.service, token=token.secret):
+                                                token=token.secret):
                 return Outcome(Verdict.ACCEPT, REUSED, req.user, record.dn)
             if not is_stale_code(token, code, now):
                 directory.record_failure(record, now)
@@ -153,17 +153,17 @@ def _authenticate(req: Request, directory: Directory, config: Config, now: float
             just_used = check.step is not None and check.step == token.last_step
             if reuse is not None and reuse.seen(req.user, req.secret, req.rip, now,
                                                 wait=REUSE_WAIT if just_used else 0.0,
-                                                service=req.service, token=token.secret):
+                                                token=token.secret):
                 return Outcome(Verdict.ACCEPT, REUSED, req.user, record.dn, check.step)
             return _refuse(req, REPLAY, record.dn)
         assert check.result == CODE_OK and check.step is not None
         if not directory.record_success(record, check.step, now):
             if reuse is not None and reuse.seen(req.user, req.secret, req.rip, now, wait=REUSE_WAIT,
-                                                service=req.service, token=token.secret):
+                                                token=token.secret):
                 return Outcome(Verdict.ACCEPT, REUSED, req.user, record.dn, check.step)
             return _refuse(req, REPLAY, record.dn)
         if reuse is not None:
-            reuse.remember(req.user, req.secret, req.rip, now, service=req.service, token=token.secret)
+            reuse.remember(req.user, req.secret, req.rip, now, token=token.secret)
         return Outcome(Verdict.ACCEPT, OK, req.user, record.dn, check.step)
     except BackendUnavailable as exc:
         return Outcome(Verdict.TEMPFAIL, exc.reason, req.user)

@@ -2,12 +2,12 @@
 
 Mail clients open several connections within seconds with the same password+code; strict
 replay refusal would fail all but one. After a success the orchestrator remembers a keyed
-hash of (user, service, whole password+code string, client IP, token secret) with the time
+hash of (user, whole password+code string, client IP, token secret) with the time
 it was remembered, and a replayed code is accepted again only when that hash is present and
 younger than the CURRENT `reuse_seconds` (the password is still checked by the directory
 every time). Why each field is in the hash:
-- the service: a string accepted for IMAP is not accepted for POP3 or SMTP (nor anywhere
-  else) -- each protocol's client burst gets its own entry;
+- not the service, on purpose: a mail client logs in to IMAP and, to send, SMTP AUTH with
+  the same saved password+code (the web sign-in uses no window at all);
 - the token's secret (inside the HMAC input, never stored): after a re-enrolment (new
   secret) or a removal the old token's password+code never matches an entry again;
 - the time remembered, not an expiry: lowering `reuse_seconds` (and reloading) shortens
@@ -21,7 +21,7 @@ sits beside the digests, so the file is created 0600 and must be protected like 
 /var/lib/mailmfa: with the key, a digest can be tested against guesses (HMAC-SHA256 rather
 than scrypt because this runs on every login; the entries live `reuse_seconds` only).
 Entries are kept in table `reuse_v2`; a file from an earlier version (table `reuse`, no
-service or token in its digests) has that table dropped on first use: its entries would
+token in its digests) has that table dropped on first use: its entries would
 never match again anyway, and losing them only means a strict replay refusal.
 
 Failure is never fatal and never an acceptance: if the file cannot be opened, read or
@@ -45,11 +45,11 @@ BUSY_TIMEOUT = 2.0  # seconds SQLite waits for another process' write lock
 POLL_INTERVAL = 0.05
 
 
-def _digest(key: bytes, user: str, service: str, secret: str, rip: str, token: bytes) -> bytes:
+def _digest(key: bytes, user: str, secret: str, rip: str, token: bytes) -> bytes:
     """Length-prefixed fields, so ("ab","c") and ("a","bc") never collide. `token` is the
     token's secret: it only ever enters the HMAC, so it is never stored."""
     mac = hmac.new(key, digestmod=hashlib.sha256)
-    for part in (user, service, secret, rip):
+    for part in (user, secret, rip):
         raw = part.encode("utf-8", "surrogatepass")
         mac.update(len(raw).to_bytes(4, "big"))
         mac.update(raw)
@@ -112,9 +112,9 @@ class ReuseStore:
 
     # -- the two operations -----------------------------------------------------------------
     def seen(self, user: str, secret: str, rip: str, now: float, wait: float = 0.0, *,
-             service: str, token: bytes) -> bool:
-        """True when this string was accepted for `service` from `rip`, with the same token
-        secret, less than `seconds` (its current value) before `now`.
+             token: bytes) -> bool:
+        """True when this string was accepted from `rip`, with the same token secret, less
+        than `seconds` (its current value) before `now`.
 
         `wait` > 0 polls for that long: a parallel login that just won the step update
         writes its entry right after, and the loser of that race should see it.
@@ -129,7 +129,7 @@ class ReuseStore:
                 assert self._key is not None
                 row = db.execute(
                     "SELECT 1 FROM reuse_v2 WHERE digest = ? AND remembered > ?",
-                    (_digest(self._key, user, service, secret, rip, token), now - self.seconds),
+                    (_digest(self._key, user, secret, rip, token), now - self.seconds),
                 ).fetchone()
             except Exception as exc:  # noqa: BLE001 - any storage problem turns reuse off
                 self._problem("read", exc)
@@ -141,7 +141,7 @@ class ReuseStore:
             time.sleep(POLL_INTERVAL)
 
     def remember(self, user: str, secret: str, rip: str, now: float, *,
-                 service: str, token: bytes) -> bool:
+                 token: bytes) -> bool:
         """Record an accepted string (and purge expired entries); False if it could not."""
         if not rip or self.seconds <= 0 or self._failed:
             return False
@@ -153,7 +153,7 @@ class ReuseStore:
                 db.execute("DELETE FROM reuse_v2 WHERE remembered <= ?", (now - self.seconds,))
                 db.execute(
                     "INSERT OR REPLACE INTO reuse_v2 VALUES (?, ?)",
-                    (_digest(self._key, user, service, secret, rip, token), now),
+                    (_digest(self._key, user, secret, rip, token), now),
                 )
                 db.execute("COMMIT")
             except BaseException:
@@ -184,11 +184,11 @@ class MemoryReuseStore:
         self._changed = threading.Condition()
 
     def seen(self, user: str, secret: str, rip: str, now: float, wait: float = 0.0, *,
-             service: str, token: bytes) -> bool:
+             token: bytes) -> bool:
         """As ReuseStore.seen; a waiting caller wakes as soon as another thread remembers."""
         if not rip or self.seconds <= 0:
             return False
-        digest = _digest(self._key, user, service, secret, rip, token)
+        digest = _digest(self._key, user, secret, rip, token)
         deadline = time.monotonic() + wait
         with self._changed:
             while True:
@@ -201,11 +201,11 @@ class MemoryReuseStore:
                 self._changed.wait(left)
 
     def remember(self, user: str, secret: str, rip: str, now: float, *,
-                 service: str, token: bytes) -> bool:
+                 token: bytes) -> bool:
         """Record an accepted string, dropping expired (and, when full, the oldest) entries."""
         if not rip or self.seconds <= 0:
             return False
-        digest = _digest(self._key, user, service, secret, rip, token)
+        digest = _digest(self._key, user, secret, rip, token)
         with self._changed:
             entries = self._remembered
             entries.pop(digest, None)

@@ -2,8 +2,8 @@
 mailmfa-checkpassword with its SQLite state file, and mailmfa-authd with its memory store.
 
 An entry is accepted again only for the same token secret (a re-enrolment through
-`mailmfa enroll --replace` ends it), the same service (IMAP's entry is no good for POP3),
-and within the CURRENT `[policy] reuse_seconds` (lowering it shortens entries already
+`mailmfa enroll --replace` ends it), from any mail service (IMAP's login, then SMTP AUTH to
+send), and within the CURRENT `[policy] reuse_seconds` (lowering it shortens entries already
 stored). A state file of the previous format is upgraded, never a crash."""
 
 from __future__ import annotations
@@ -61,15 +61,16 @@ def test_checkpassword_reenrolment_ends_reuse_of_the_old_code(slapd, workdir):
     assert rc == 1 and why == "bad_code", why
 
 
-def test_checkpassword_reuse_is_per_service(slapd, workdir):
+def test_checkpassword_reuse_spans_imap_and_smtp(slapd, workdir):
+    """A mail client's IMAP login, then SMTP AUTH (Postfix through Dovecot's auth socket) to
+    send, with the one saved password+code: the second is the same burst, not a replay."""
     cfg = write_config(workdir, slapd, "rb-svc.toml", reuse_seconds=60, state_file=workdir / "rb-svc.db")
     uid, pw, secret = new_user(slapd, "rbs")
     wait_for_step_safe(margin=8)
     string = pw + code_at(secret)
     assert cp(cfg, uid, string, "imap") == (0, "ok")
-    assert cp(cfg, uid, string, "pop3") == (1, "replay")
-    assert cp(cfg, uid, string, "smtp") == (1, "replay")
-    assert cp(cfg, uid, string, "imap") == (0, "reused")
+    assert cp(cfg, uid, string, "smtp") == (0, "reused")
+    assert cp(cfg, uid, string, "pop3") == (0, "reused")
 
 
 def test_checkpassword_lowered_reuse_seconds_shortens_stored_entries(slapd, workdir):
@@ -127,7 +128,7 @@ def daemon(workdir_factory, slapd):
         server.stop()
 
 
-def test_daemon_reenrolment_service_and_lowered_window(daemon, slapd):
+def test_daemon_reenrolment_address_and_lowered_window(daemon, slapd):
     server, sock, configure = daemon
     uid, pw, secret = new_user(slapd, "rbd")
     wait_for_step_safe(margin=8)
@@ -135,8 +136,8 @@ def test_daemon_reenrolment_service_and_lowered_window(daemon, slapd):
     imap = protocol.auth_request(uid, string, "imap", IP)
     assert ask(sock, imap) == b"OK ok\n"
     assert ask(sock, imap) == b"OK reused\n"
-    assert ask(sock, protocol.auth_request(uid, string, "pop3", IP)) == b"FAIL replay\n"
-    assert ask(sock, protocol.auth_request(uid, string, "", IP)) == b"FAIL replay\n"
+    assert ask(sock, protocol.auth_request(uid, string, "smtp", IP)) == b"OK reused\n"
+    assert ask(sock, protocol.auth_request(uid, string, "imap", "192.0.2.61")) == b"FAIL replay\n"
     time.sleep(1.2)
     assert ask(sock, imap) == b"OK reused\n"
     configure(1)  # lower the window, then reload: the 1.2 s old entry is out of it

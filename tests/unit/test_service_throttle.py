@@ -225,14 +225,14 @@ def test_lowered_reuse_seconds_applies_to_entries_already_stored(tmp_path, kind)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "memory"])
-def test_reuse_is_per_service(tmp_path, kind):
+def test_reuse_spans_the_mail_services(tmp_path, kind):
+    """IMAP login, then SMTP AUTH to send, with the one saved password+code."""
     store = _store(kind, tmp_path, 60)
     d = MemDirectory()
     s = "pw" + code(T0)
     assert login(d, s, T0, reuse=store, service="imap").reason == "ok"
-    assert login(d, s, T0 + 1, reuse=store, service="imap").reason == "reused"
-    for other in ("pop3", "smtp", "web"):
-        assert login(d, s, T0 + 2, reuse=store, service=other).reason == "replay", other
+    assert login(d, s, T0 + 1, reuse=store, service="smtp").reason == "reused"
+    assert login(d, s, T0 + 2, reuse=store, service="pop3").reason == "reused"
 
 
 def test_allow_reuse_false_neither_reads_nor_writes_the_window(tmp_path):
