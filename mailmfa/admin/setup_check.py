@@ -1,10 +1,12 @@
-"""`mailmfa check-setup`: find the configurations around mailmfa that let a used code in again.
+"""`mailmfa check-setup`: find the configurations around mailmfa that let a login past it.
 
-A cache in front of mailmfa answers a password+code it has seen without asking mailmfa, so
-its replay rule never runs (README, "mailmfa-pam" and "Dovecot Lua passdb"): Dovecot 2.3's
-passdb lua and 2.4's passdb pam cache whenever auth_cache_size is set (a per-connection
-cache key does not help SMTP AUTH, which has no session), and saslauthd -c (Debian's
-default) caches for hours.
+Another passdb beside mailmfa's: Dovecot asks the next passdb when one refuses, so a
+password-only passdb (the ldap or pam one mailmfa's replaced, left included) lets the
+password alone in. A cache in front of mailmfa answers a password+code it has seen without
+asking mailmfa, so its replay rule never runs (README, "mailmfa-pam" and "Dovecot Lua
+passdb"): Dovecot 2.3's passdb lua and 2.4's passdb pam cache whenever auth_cache_size is
+set (a per-connection cache key does not help SMTP AUTH, which has no session), and
+saslauthd -c (Debian's default) caches for hours.
 
 The rules are pure functions over text (`doveconf -n -P` output, PAM service files,
 /etc/default/saslauthd); gather() is the thin part that runs doveconf and reads the files.
@@ -116,8 +118,11 @@ def dovecot_checks(dc: Dovecot, pam_file: Callable[[str], str | None]) -> list[C
     v = ".".join(map(str, dc.version)) or "?"
     out: list[Check] = []
     other_pam: list[str] = []  # passdb pam services that do not run mailmfa
+    others: list[dict[str, str]] = []  # passdbs that do not run mailmfa
     for p in dc.passdbs:
         driver = p["driver"]
+        if not _runs_mailmfa(p, dc.version, pam_file):
+            others.append(p)
         if driver == "lua" and "mailmfa" in (p.get("args", "") + p.get("lua_file", "")):
             what = "Dovecot passdb lua (mailmfa.lua)"
             if dc.version >= (2, 4):
@@ -161,9 +166,35 @@ def dovecot_checks(dc: Dovecot, pam_file: Callable[[str], str | None]) -> list[C
             out.append(Check(f"Dovecot passdb pam (PAM service {service})", False,
                              f"PAM service {service} does not run mailmfa (the PAM service mailmfa does): "
                              "logins through this passdb need no code", fix))
+    if len(others) < len(dc.passdbs):
+        # a passdb runs mailmfa: any other that can say yes lets the password alone in
+        for p in others:
+            if _flag(p, "deny") or _flag(p, "master"):
+                continue  # a deny list only refuses; master users are the admin's own choice
+            name = p.get("name") or p["driver"]
+            out.append(Check(f"Dovecot passdb {p['driver']} ({name})", False,
+                             "a passdb beside mailmfa's: Dovecot asks it when mailmfa refuses, so a "
+                             "login it accepts (the password alone) needs no code",
+                             "remove this passdb (keep its userdb if Dovecot needs that); "
+                             "deny = yes or master = yes if that is its purpose"))
     if not out:
         out.append(Check("Dovecot", True, "no passdb runs mailmfa (nothing to check)"))
     return out
+
+
+def _flag(passdb: dict[str, str], name: str) -> bool:
+    return passdb.get(name, passdb.get(f"passdb_{name}", "no")).lower() == "yes"
+
+
+def _runs_mailmfa(p: dict[str, str], version: tuple[int, ...], pam_file: Callable[[str], str | None]) -> bool:
+    driver = p["driver"]
+    if driver == "lua":
+        return "mailmfa" in p.get("args", "") + p.get("lua_file", "")
+    if driver == "checkpassword":
+        return "mailmfa" in p.get("args", "")
+    if driver == "pam":
+        return uses_mailmfa(pam_file(_pam_service(p, version)) or "")
+    return False
 
 
 def _arg(args: str, key: str) -> str:

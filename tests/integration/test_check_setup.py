@@ -71,3 +71,20 @@ def test_passdb_pam_that_asks_another_service_is_named(tmp_path: Path) -> None:
     code, text = check(tmp_path, body, "")
     assert code == 1, text
     assert "FAIL  Dovecot passdb pam (PAM service dovecot)" in text and "need no code" in text
+
+
+def test_a_password_only_passdb_beside_mailmfas_is_named(tmp_path: Path) -> None:
+    """The passdb mailmfa's replaced, left included (auth-ldap.conf.ext, auth-system.conf.ext):
+    Dovecot asks it when mailmfa refuses, and it accepts the password alone."""
+    users = tmp_path / "users"
+    users.write_text("")
+    if Dovecot.version() >= (2, 4):
+        other = f"passdb passwd-file {{\n  passwd_file_path = {users}\n{{deny}}}}\n"
+    else:
+        other = f"passdb {{\n  driver = passwd-file\n  args = {users}\n{{deny}}}}\n"
+    passdb, extra = lua_passdb(tmp_path / "authd.sock")
+    code, text = check(tmp_path, passdb, extra + other.replace("{deny}", ""))
+    assert code == 1, text
+    assert "FAIL  Dovecot passdb passwd-file" in text and "needs no code" in text, text
+    code, text = check(tmp_path, passdb, extra + other.replace("{deny}", "  deny = yes\n"))
+    assert code == 0, text  # a deny list only ever refuses

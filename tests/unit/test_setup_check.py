@@ -80,10 +80,23 @@ def test_24_pam_needs_the_cache_off_and_lua_is_never_cached():
     assert all(c.ok for c in off)
 
 
-def test_pam_passdbs_not_running_mailmfa_are_left_alone():
+def test_a_passdb_beside_mailmfas_is_a_bypass():
+    """Dovecot asks the next passdb when one refuses: a PAM service that checks the system
+    password (or any password-only passdb) beside mailmfa's lets the password alone in."""
     checks = dovecot_checks(parse_doveconf(V24.replace("{cache}", "auth_cache_size = 1M\n")),
                             pam({"mailmfa": OTHER_PAM}))
-    assert verdicts(checks) == [("Dovecot passdb lua (mailmfa.lua)", True)]
+    assert verdicts(checks) == [("Dovecot passdb lua (mailmfa.lua)", True), ("Dovecot passdb pam (pam)", False)]
+    assert "needs no code" in checks[1].detail and "remove this passdb" in checks[1].fix
+    ldap = (V23.replace("1 M", "0").replace("{cache}", "").replace("{pamargs}", "")
+            + "passdb {\n  args = /etc/dovecot/dovecot-ldap.conf.ext\n  driver = ldap\n}\n")
+    checks = dovecot_checks(parse_doveconf(ldap), pam({"mailmfa": MAILMFA_PAM}))
+    assert [c.ok for c in checks if "ldap" in c.what] == [False]
+    # a deny list and a master-user passdb are left alone; without a mailmfa passdb, all are
+    for extra in ("  deny = yes\n", "  master = yes\n"):
+        text = ldap.replace("  driver = ldap\n", "  driver = ldap\n" + extra)
+        assert all(c.ok for c in dovecot_checks(parse_doveconf(text), pam({"mailmfa": MAILMFA_PAM})))
+    only_ldap = "# 2.3.19.1 (9b53102964): x\npassdb {\n  driver = ldap\n}\n"
+    assert all(c.ok for c in dovecot_checks(parse_doveconf(only_ldap), pam({})))
     assert uses_mailmfa(MAILMFA_PAM) and not uses_mailmfa("# pam_exec.so /usr/bin/mailmfa-pam\n" + OTHER_PAM)
 
 
@@ -118,6 +131,7 @@ def test_passdb_pam_asking_another_service_while_mailmfas_is_installed():
     assert "passdb_pam_service_name = mailmfa" in checks[0].fix
     # without a mailmfa service installed, a PAM passdb for something else is left alone
     assert all(c.ok for c in dovecot_checks(parse_doveconf(text), pam({"dovecot": OTHER_PAM})))
-    # nor is a second PAM passdb next to one that runs mailmfa
+    # next to one that runs mailmfa, it is a second passdb that needs no code
     both = text + "passdb other {\n  driver = pam\n  passdb_pam {\n    service_name = mailmfa\n  }\n}\n"
-    assert all(c.ok for c in dovecot_checks(parse_doveconf(both), pam(files)))
+    checks = dovecot_checks(parse_doveconf(both), pam(files))
+    assert verdicts(checks) == [("Dovecot passdb pam (PAM service mailmfa)", True), ("Dovecot passdb pam (pam)", False)]
