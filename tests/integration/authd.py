@@ -110,16 +110,34 @@ def lua_passdb(socket_path: Path, *, worker: bool = True, script: Path | None = 
         shutil.copyfile(LUA_SCRIPT, script)
         script.chmod(0o644)
     key, env, value = target or ("mailmfa_socket", "MAILMFA_AUTHD_SOCKET", str(socket_path))
-    if Dovecot.version() >= (2, 4):  # conf/dovecot/auth-mailmfa-lua.conf.ext's 2.4 block
-        body = (f"driver = lua\nlua_file = {script}\nuse_worker = {'yes' if worker else 'no'}\n"
-                f"lua_settings {{\n  {key} = {value}\n}}")
-        return body, ""
+    if Dovecot.version() >= (2, 4):  # conf/dovecot/auth-mailmfa-lua-2.4.conf.ext's passdb, as shipped
+        body = shipped_lua_passdb_24()
+        body = body.replace("lua_file = /etc/dovecot/mailmfa.lua", f"lua_file = {script}")
+        body = body.replace("use_worker = yes", f"use_worker = {'yes' if worker else 'no'}")
+        body = body.replace("mailmfa_socket = /run/mailmfa/authd.sock", f"{key} = {value}")
+        return "driver = lua\n" + body, ""
     args = shipped_lua_args_23().replace("/etc/dovecot/mailmfa.lua", str(script))
     if not worker:
         args = args.replace("blocking=yes", "blocking=no")
     return (f"driver = lua\nargs = {args}",
             f"import_environment = $import_environment {env}={value}\n"
             + snippet_globals(LUA_SCRIPT.parent / "auth-mailmfa-lua.conf.ext"))
+
+
+def shipped_lua_passdb_24() -> str:
+    """The body of the `passdb lua { }` block in conf/dovecot/auth-mailmfa-lua-2.4.conf.ext, as
+    shipped (comments dropped), so the tests on Dovecot 2.4 prove the file admins copy."""
+    import re
+
+    text = (LUA_SCRIPT.parent / "auth-mailmfa-lua-2.4.conf.ext").read_text()
+    match = re.search(r"(?ms)^passdb lua \{\n(.*?)^\}", text)
+    assert match, "conf/dovecot/auth-mailmfa-lua-2.4.conf.ext has no `passdb lua { ... }` block"
+    lines = [ln.strip() for ln in match.group(1).splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    body = "\n".join(lines)
+    for expected in ("lua_file = /etc/dovecot/mailmfa.lua", "use_worker = yes",
+                     "mailmfa_socket = /run/mailmfa/authd.sock"):
+        assert expected in body, f"conf/dovecot/auth-mailmfa-lua-2.4.conf.ext changed shape: {body!r}"
+    return body
 
 
 def shipped_lua_args_23() -> str:
