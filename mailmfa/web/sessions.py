@@ -166,7 +166,41 @@ class SessionStore:
         self._local = threading.local()
         self._last_sweep = 0.0
         self._check_dir()
-        self._db().execute(_SCHEMA)
+        try:
+            self._db().execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            owner = self._owner(self.path)
+            raise StateDirError(f"cannot use {self.path} ({exc}); it must belong to the user the page "
+                                f"runs as{f' (it belongs to {owner})' if owner else ''}") from None
+        self._give_to_dir_owner()
+
+    @staticmethod
+    def _owner(path: str) -> str:
+        import pwd
+
+        try:
+            uid = os.stat(path).st_uid
+        except OSError:
+            return ""
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return str(uid)
+
+    def _give_to_dir_owner(self) -> None:
+        """Root running `mailmfa-web --check` for a state_dir made for www-data would leave
+        root's 0600 database behind, which the page then cannot open: the files go to the
+        directory's owner instead."""
+        if os.geteuid() != 0:
+            return
+        st = os.stat(self.state_dir)
+        if st.st_uid == 0:
+            return
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.chown(self.path + suffix, st.st_uid, st.st_gid, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
 
     def _check_dir(self) -> None:
         try:

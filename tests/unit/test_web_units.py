@@ -157,6 +157,40 @@ def test_state_dir_open_to_others_is_refused(tmp_path):
     assert (made.stat().st_mode & 0o777) == 0o700
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root and another user")
+def test_root_check_leaves_the_session_database_to_the_state_dirs_owner():
+    """`mailmfa-web --check` run as root for a state_dir made for the web user must not leave
+    a root-owned database the page then cannot open; one that is left anyway is a clear
+    error (StateDirError, exit 78 in mailmfa-web), not a traceback."""
+    import pwd
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="mailmfa-test-web-"))  # pytest's tmp_path is closed to others
+    try:
+        base.chmod(0o755)
+        state = base / "state"
+        state.mkdir(mode=0o700)
+        os.chown(state, nobody.pw_uid, nobody.pw_gid)
+        SessionStore(str(state), idle=900)  # as root
+        assert {f.stat().st_uid for f in state.iterdir()} == {nobody.pw_uid}
+        check = ("import os, sys; os.setgid({g}); os.setuid({u}); sys.path.insert(0, {repo!r}); "
+                 "from mailmfa.web.sessions import SessionStore, StateDirError\n"
+                 "try:\n    SessionStore({state!r}, idle=900)\nexcept StateDirError as e:\n"
+                 "    print(e); sys.exit(78)")
+        argv = ["/usr/bin/python3", "-c",
+                check.format(g=nobody.pw_gid, u=nobody.pw_uid, repo=str(REPO), state=str(state))]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stdout + proc.stderr  # the web user opens what root made
+        for f in state.iterdir():
+            os.chown(f, 0, 0)  # what the previous version left behind
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 78 and "belongs to root" in proc.stdout, proc.stdout + proc.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- config, strings
 
 def test_web_config_section():
