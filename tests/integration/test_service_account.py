@@ -56,8 +56,12 @@ def test_placeholder_password_lets_nobody_in(slapd: Slapd) -> None:
 
 
 def test_password_from_secret_file(slapd: Slapd, account: tuple[Path, str]) -> None:
-    _, password = account
+    config, password = account
     assert slapd.bind(slapd.service_dn, password)
+    whoami = subprocess.run(["ldapwhoami", "-x", "-H", slapd.uri, "-D", slapd.service_dn,
+                             "-y", str(config.parent / "mailmfa.toml.ldap.secret")],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert whoami.returncode == 0 and slapd.service_dn in whoami.stdout, whoami.stderr
     assert not slapd.bind(slapd.service_dn, slapd.service_password)
     entry = slapd.get(slapd.service_dn, ["objectClass", "userPassword"])
     assert {"organizationalRole", "simpleSecurityObject"} <= set(entry["objectClass"])
