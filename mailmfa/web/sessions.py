@@ -172,7 +172,6 @@ class SessionStore:
             owner = self._owner(self.path)
             raise StateDirError(f"cannot use {self.path} ({exc}); it must belong to the user the page "
                                 f"runs as{f' (it belongs to {owner})' if owner else ''}") from None
-        self._give_to_dir_owner()
 
     @staticmethod
     def _owner(path: str) -> str:
@@ -187,21 +186,6 @@ class SessionStore:
         except KeyError:
             return str(uid)
 
-    def _give_to_dir_owner(self) -> None:
-        """Root running `mailmfa-web --check` for a state_dir made for www-data would leave
-        root's 0600 database behind, which the page then cannot open: the files go to the
-        directory's owner instead."""
-        if os.geteuid() != 0:
-            return
-        st = os.stat(self.state_dir)
-        if st.st_uid == 0:
-            return
-        for suffix in ("", "-wal", "-shm"):
-            try:
-                os.chown(self.path + suffix, st.st_uid, st.st_gid, follow_symlinks=False)
-            except FileNotFoundError:
-                pass
-
     def _check_dir(self) -> None:
         try:
             st = os.stat(self.state_dir)
@@ -213,6 +197,13 @@ class SessionStore:
             st = os.stat(self.state_dir)
         if not stat.S_ISDIR(st.st_mode):
             raise StateDirError(f"state_dir {self.state_dir} is not a directory")
+        if os.geteuid() == 0 and st.st_uid != 0:
+            # root opening files in a directory another user controls would follow what that
+            # user put there (a symlink to anywhere), and would leave a root-owned database
+            # the page, run as that user, cannot open
+            owner = self._owner(self.state_dir)
+            raise StateDirError(f"state_dir {self.state_dir} belongs to {owner}: run mailmfa-web as "
+                                f"that user (runuser -u {owner} -- mailmfa-web ...), not as root")
         if st.st_mode & 0o077:
             raise StateDirError(
                 f"state_dir {self.state_dir} is open to others (mode {stat.filemode(st.st_mode)}); "

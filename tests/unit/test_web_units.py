@@ -158,10 +158,11 @@ def test_state_dir_open_to_others_is_refused(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root and another user")
-def test_root_check_leaves_the_session_database_to_the_state_dirs_owner():
-    """`mailmfa-web --check` run as root for a state_dir made for the web user must not leave
-    a root-owned database the page then cannot open; one that is left anyway is a clear
-    error (StateDirError, exit 78 in mailmfa-web), not a traceback."""
+def test_root_is_refused_a_state_dir_of_another_user():
+    """`mailmfa-web --check` run as root for a state_dir made for the web user must neither
+    follow what that user put there nor leave a root-owned database the page cannot open:
+    refused, naming the user to run as. A root-owned database left by an earlier version is
+    a clear error (StateDirError, exit 78 in mailmfa-web), not a traceback."""
     import pwd
     import shutil
     import tempfile
@@ -173,8 +174,9 @@ def test_root_check_leaves_the_session_database_to_the_state_dirs_owner():
         state = base / "state"
         state.mkdir(mode=0o700)
         os.chown(state, nobody.pw_uid, nobody.pw_gid)
-        SessionStore(str(state), idle=900)  # as root
-        assert {f.stat().st_uid for f in state.iterdir()} == {nobody.pw_uid}
+        with pytest.raises(StateDirError, match="belongs to nobody: run mailmfa-web as that user"):
+            SessionStore(str(state), idle=900)  # as root: refused, nothing created
+        assert not list(state.iterdir())
         check = ("import os, sys; os.setgid({g}); os.setuid({u}); sys.path.insert(0, {repo!r}); "
                  "from mailmfa.web.sessions import SessionStore, StateDirError\n"
                  "try:\n    SessionStore({state!r}, idle=900)\nexcept StateDirError as e:\n"
@@ -182,9 +184,9 @@ def test_root_check_leaves_the_session_database_to_the_state_dirs_owner():
         argv = ["/usr/bin/python3", "-c",
                 check.format(g=nobody.pw_gid, u=nobody.pw_uid, repo=str(REPO), state=str(state))]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        assert proc.returncode == 0, proc.stdout + proc.stderr  # the web user opens what root made
+        assert proc.returncode == 0, proc.stdout + proc.stderr  # the web user makes its own
         for f in state.iterdir():
-            os.chown(f, 0, 0)  # what the previous version left behind
+            os.chown(f, 0, 0)  # what a root run of an earlier version left behind
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         assert proc.returncode == 78 and "belongs to root" in proc.stdout, proc.stdout + proc.stderr
     finally:
