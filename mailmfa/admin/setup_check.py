@@ -37,6 +37,7 @@ class Dovecot:
     version: tuple[int, ...]
     auth_cache: bool
     passdbs: list[dict[str, str]]
+    userdbs: int = 0
 
 
 def parse_doveconf(text: str) -> Dovecot:
@@ -51,6 +52,7 @@ def parse_doveconf(text: str) -> Dovecot:
         version = tuple(int(x) for x in m.groups() if x is not None)
     cache_size = "0"
     passdbs: list[dict[str, str]] = []
+    userdbs = 0
     blocks: list[str] = []  # the open blocks' first words
     current: dict[str, str] | None = None
     for raw in text.splitlines():
@@ -62,6 +64,7 @@ def parse_doveconf(text: str) -> Dovecot:
             if not blocks and head[0] == "passdb":
                 current = {"name": head[1] if len(head) > 1 else ""}
                 passdbs.append(current)
+            userdbs += not blocks and head[0] == "userdb"
             blocks.append(head[0])
             continue
         if line == "}":
@@ -82,7 +85,7 @@ def parse_doveconf(text: str) -> Dovecot:
             current[f"{blocks[1]}_{key}"] = value
     for p in passdbs:
         p.setdefault("driver", p["name"])
-    return Dovecot(version, _size_is_nonzero(cache_size), passdbs)
+    return Dovecot(version, _size_is_nonzero(cache_size), passdbs, userdbs)
 
 
 def _size_is_nonzero(value: str) -> bool:
@@ -166,6 +169,13 @@ def dovecot_checks(dc: Dovecot, pam_file: Callable[[str], str | None]) -> list[C
             out.append(Check(f"Dovecot passdb pam (PAM service {service})", False,
                              f"PAM service {service} does not run mailmfa (the PAM service mailmfa does): "
                              "logins through this passdb need no code", fix))
+    if len(others) < len(dc.passdbs) and not dc.userdbs:
+        # the snippets leave the userdb to the admin; without one every accepted login fails
+        # after mailmfa said yes ("User is missing UID", "user not found from any userdbs")
+        out.append(Check("Dovecot userdb", False, "no userdb: Dovecot cannot tell where an accepted "
+                         "user's mail lives, so every login fails after mailmfa accepts it",
+                         "a userdb in 10-auth.conf: userdb passwd for system accounts, your LDAP or "
+                         "a static one otherwise (README, \"Configure Dovecot\")"))
     if len(others) < len(dc.passdbs):
         # a passdb runs mailmfa: any other that can say yes lets the password alone in
         for p in others:

@@ -3,6 +3,7 @@ with the auth cache on, the configurations that replay a code are named with the
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -16,12 +17,17 @@ from servers import Dovecot
 CACHE_ON = "auth_cache_size = 1M\n"
 
 
-def check(tmp: Path, passdb: str, extra: str, sasl_options: str = "-m /var/run/saslauthd") -> tuple[int, str]:
+def check(tmp: Path, passdb: str, extra: str, sasl_options: str = "-m /var/run/saslauthd",
+          userdb: bool = True) -> tuple[int, str]:
     """Write a dovecot.conf (the harness's, never started), a PAM dir and saslauthd defaults,
     and run check-setup on them."""
     dc = Dovecot(tmp / "dc", passdb, extra=extra)
     conf = tmp / "dovecot.conf"
-    conf.write_text(dc.config_text())
+    text = dc.config_text()
+    if not userdb:
+        text, n = re.subn(r"(?ms)^userdb[^{\n]*\{\n.*?^\}\n", "", text)
+        assert n == 1, text
+    conf.write_text(text)
     pam_dir = tmp / "pam.d"
     pam_dir.mkdir(exist_ok=True)
     (pam_dir / "mailmfa").write_text((PAM_CONF / "mailmfa").read_text())  # as shipped
@@ -88,3 +94,11 @@ def test_a_password_only_passdb_beside_mailmfas_is_named(tmp_path: Path) -> None
     assert "FAIL  Dovecot passdb passwd-file" in text and "needs no code" in text, text
     code, text = check(tmp_path, passdb, extra + other.replace("{deny}", "  deny = yes\n"))
     assert code == 0, text  # a deny list only ever refuses
+
+
+def test_no_userdb_is_named(tmp_path: Path) -> None:
+    """The snippets leave the userdb to the admin: with none, every login mailmfa accepts
+    fails afterwards, and doveconf itself says nothing."""
+    passdb, extra = lua_passdb(tmp_path / "authd.sock")
+    code, text = check(tmp_path, passdb, extra, userdb=False)
+    assert code == 1 and "FAIL  Dovecot userdb" in text, text

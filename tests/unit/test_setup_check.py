@@ -16,6 +16,9 @@ passdb {
   args = {pamargs}mailmfa
   driver = pam
 }
+userdb {
+  driver = passwd
+}
 """
 
 V24 = """# 2.4.1-4 (7d8c0e5759): /etc/dovecot/dovecot.conf
@@ -28,6 +31,8 @@ V24 = """# 2.4.1-4 (7d8c0e5759): /etc/dovecot/dovecot.conf
 }
 passdb pam {
   service_name = mailmfa
+}
+userdb passwd {
 }
 """
 
@@ -114,7 +119,7 @@ def test_saslauthd_cache_in_front_of_mailmfa():
 def test_24_driver_settings_of_a_passdb_named_otherwise():
     """doveconf prints `passdb mailmfa { driver = pam  passdb_pam { service_name = S } }`."""
     text = ("# 2.4.1-4 (7d8c0e5759): x\nauth_cache_size = 1M\npassdb mailmfa {\n  driver = pam\n"
-            "  passdb_pam {\n    service_name = mmfa1\n  }\n}\n")
+            "  passdb_pam {\n    service_name = mmfa1\n  }\n}\nuserdb passwd {\n}\n")
     dc = parse_doveconf(text)
     assert dc.passdbs == [{"name": "mailmfa", "driver": "pam", "passdb_pam_service_name": "mmfa1"}]
     checks = dovecot_checks(dc, pam({"mmfa1": MAILMFA_PAM}))
@@ -124,7 +129,7 @@ def test_24_driver_settings_of_a_passdb_named_otherwise():
 def test_passdb_pam_asking_another_service_while_mailmfas_is_installed():
     """The 2.4 slip of a bare `service_name` in passdb pam: Dovecot asks PAM service "dovecot"
     (the system password alone) while /etc/pam.d/mailmfa sits unused."""
-    text = "# 2.4.1-4 (7d8c0e5759): x\npassdb pam {\n}\n"
+    text = "# 2.4.1-4 (7d8c0e5759): x\npassdb pam {\n}\nuserdb passwd {\n}\n"
     files = {"mailmfa": MAILMFA_PAM, "dovecot": OTHER_PAM}
     checks = dovecot_checks(parse_doveconf(text), pam(files))
     assert verdicts(checks) == [("Dovecot passdb pam (PAM service dovecot)", False)]
@@ -135,3 +140,18 @@ def test_passdb_pam_asking_another_service_while_mailmfas_is_installed():
     both = text + "passdb other {\n  driver = pam\n  passdb_pam {\n    service_name = mailmfa\n  }\n}\n"
     checks = dovecot_checks(parse_doveconf(both), pam(files))
     assert verdicts(checks) == [("Dovecot passdb pam (PAM service mailmfa)", True), ("Dovecot passdb pam (pam)", False)]
+
+
+def test_no_userdb_beside_mailmfas_passdb_is_named():
+    """The snippets leave the userdb to the admin: without one, every login mailmfa accepts
+    fails afterwards ("User is missing UID"), silently for doveconf."""
+    text = V24.replace("{cache}", "").replace("userdb passwd {\n}\n", "").replace(
+        "passdb pam {\n  service_name = mailmfa\n}\n", "")
+    dc = parse_doveconf(text)
+    assert dc.userdbs == 0
+    checks = dovecot_checks(dc, pam({}))
+    assert ("Dovecot userdb", False) in verdicts(checks)
+    assert parse_doveconf(V24.replace("{cache}", "")).userdbs == 1
+    # no mailmfa passdb: not our business
+    ldap_only = "# 2.3.19.1 (x): y\npassdb {\n  driver = ldap\n}\n"
+    assert all(c.ok for c in dovecot_checks(parse_doveconf(ldap_only), pam({})))
