@@ -137,6 +137,12 @@ class Config:
     password: PasswordConfig = field(default_factory=PasswordConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
+    def check_secret_readable(self) -> None:
+        """For the long-running programs' start and --check: a secret file this user cannot
+        read is a config error now, not a temporary failure at every login later."""
+        if "ldap" in (self.store.backend, self.password.backend) and self.ldap.bind_dn:
+            self.read_bind_password()
+
     def read_bind_password(self) -> str:
         """The service account's password; read on use so it is never part of repr()."""
         path = self.ldap.bind_password_file

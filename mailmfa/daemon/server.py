@@ -388,6 +388,7 @@ class Daemon:
         """SIGHUP: a new config for new requests; the old pool closes as its connections return."""
         try:
             config = load(self.config_path)
+            config.check_secret_readable()
             ldap_client_for(config)
         except ConfigError as exc:
             self.log({"event": "reload", "result": "error", "error": str(exc), "kept": "old_config"})
@@ -584,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     path = resolve_path(opts["config"])
     try:
         config = load(path)
+        config.check_secret_readable()
         client = ldap_client_for(config)
     except ConfigError as exc:
         sys.stderr.write(f"mailmfa-authd: {exc}\n")
@@ -598,6 +600,9 @@ def main(argv: list[str] | None = None) -> int:
         what = f"group {config.daemon.group!r} does not exist" if isinstance(exc, KeyError) else str(exc)
         sys.stderr.write(f"mailmfa-authd: cannot listen on {config.daemon.socket}: {what}\n")
         return EXIT_LISTEN
+    if not opts["foreground"] and not os.path.exists("/dev/log"):
+        sys.stderr.write("mailmfa-authd: warning: no /dev/log (no syslog daemon): its log lines will be "
+                         "lost; run it with --foreground and keep its stderr instead\n")
     if not opts["foreground"]:
         child = os.fork()
         if child > 0:

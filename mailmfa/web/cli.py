@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     path = resolve_path(args.config)
     try:
         config = load(path)
+        config.check_secret_readable()
         from mailmfa.web.app import create_app
         from mailmfa.web.sessions import StateDirError
 

@@ -4,6 +4,7 @@ mailmfa-checkpassword's client mode -- all against a real slapd and a real Dovec
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -232,6 +233,40 @@ def test_background_mode_forks_writes_pid_and_stops_on_sigterm(workdir_factory, 
     finally:
         os.kill(pid, signal.SIGTERM)
     poll_until(lambda: not s.exists() and not pid_file.exists(), 10, "socket and pid file removed")
+
+
+def test_unreadable_secret_file_is_a_config_error_at_start(workdir_factory, slapd):
+    """--check and the start read [ldap] bind_password_file: a secret the daemon cannot read
+    is exit 1 naming the file now, not a temporary failure at every login later."""
+    wd = workdir_factory()
+    cfg = write_config(wd, slapd, tail=daemon_toml(wd / "s.sock"))
+    text = cfg.read_text()
+    assert "bind_password_file" in text
+    cfg.write_text(re.sub(r'(?m)^bind_password_file = .*$', f'bind_password_file = "{wd}/missing.secret"', text))
+    for extra in (["--check"], ["--foreground"]):
+        proc = subprocess.run([authd_bin(), "--config", str(cfg), *extra], capture_output=True, text=True,
+                              timeout=30, check=False)
+        assert proc.returncode == 1, proc
+        assert f"bind_password_file: cannot read {wd}/missing.secret" in proc.stderr, proc.stderr
+
+
+def test_background_start_without_syslog_says_so(workdir_factory, slapd):
+    """Forked, the daemon logs to syslog; with no /dev/log those lines would vanish unnoticed."""
+    import signal
+
+    if os.path.exists("/dev/log"):
+        pytest.skip("a syslog socket exists here")
+    wd = workdir_factory()
+    s = wd / "nolog.sock"
+    pid_file = wd / "nolog.pid"
+    cfg = write_config(wd, slapd, tail=daemon_toml(s))
+    proc = subprocess.run([authd_bin(), "--config", str(cfg), "--pid-file", str(pid_file)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    try:
+        assert proc.returncode == 0 and "no /dev/log" in proc.stderr and "--foreground" in proc.stderr, proc
+    finally:
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    poll_until(lambda: not s.exists(), 10, "socket removed")
 
 
 def test_second_daemon_on_the_same_socket_refuses_to_start(authd, config, sock):

@@ -332,6 +332,11 @@ def test_cli_help_check_and_exit_codes(tmp_path, state):
     assert r.returncode == 78 and "state_dir" in r.stderr
     r = _cli("--check", "--config", str(tmp_path / "missing.toml"))
     assert r.returncode == 78
+    # the service account's secret is read at start: one the page cannot read is named now
+    conf.write_text(f'[ldap]\nuser_base = "ou=p,dc=x"\nbind_dn = "cn=s,dc=x"\n'
+                    f'bind_password_file = "{tmp_path}/no.secret"\n[web]\nstate_dir = "{state}"\n')
+    r = _cli("--check", "--config", str(conf))
+    assert r.returncode == 78 and f"cannot read {tmp_path}/no.secret" in r.stderr, r.stderr
 
 
 # --------------------------------------------------------------------------- display name by backend
