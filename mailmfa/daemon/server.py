@@ -62,6 +62,7 @@ EXIT_CONFIG = 1
 EXIT_USAGE = 2
 EXIT_LISTEN = 3
 SHUTDOWN_GRACE = 5.0  # seconds in-flight requests get at SIGTERM
+CONTROL_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
 
 
 class _Syslog:
@@ -321,8 +322,9 @@ class Daemon:
         rfd, wfd = os.pipe()
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
-        handlers = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+        handlers = {s: signal.signal(s, lambda *_: None) for s in CONTROL_SIGNALS}
         old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)  # main() held them until now
         self.listener.setblocking(False)
         self.log({"event": "start", "socket": self.socket_path, "pid": os.getpid(),
                   "pool_size": self.state.config.daemon.pool_size,
@@ -600,6 +602,10 @@ def main(argv: list[str] | None = None) -> int:
         what = f"group {config.daemon.group!r} does not exist" if isinstance(exc, KeyError) else str(exc)
         sys.stderr.write(f"mailmfa-authd: cannot listen on {config.daemon.socket}: {what}\n")
         return EXIT_LISTEN
+    # held from here until serve() has its handlers: a SIGTERM right after the start (the pid
+    # file is written before the LDAP warm-up) would otherwise kill the daemon by default
+    # action and leave its socket and pid file behind
+    signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
     if not opts["foreground"] and not os.path.exists("/dev/log"):
         sys.stderr.write("mailmfa-authd: warning: no /dev/log (no syslog daemon): its log lines will be "
                          "lost; run it with --foreground and keep its stderr instead\n")
