@@ -131,6 +131,26 @@ function auth_password_verify(req, pass)
   return result, "mailmfa " .. reason
 end
 
+-- As a userdb (`userdb lua` with this file): does the user exist, as mailmfa's directory says
+-- (MFA1 LOOKUP)? Mail fields (uid, gid, home) come from the userdb block's own settings
+-- (2.3: default_fields/override_fields; 2.4: fields { }); this answers only "exists", so LMTP
+-- and doveadm refuse names nobody has (a static userdb says yes to every name).
+function auth_userdb_lookup(req)
+  local answer, err = ask("MFA1 LOOKUP " .. enc(req.user) .. "\n")
+  if not answer then
+    req:log_error("mailmfa-authd unreachable: " .. err)
+    return dovecot.auth.USERDB_RESULT_INTERNAL_FAILURE, "mailmfa-authd unreachable"
+  end
+  local verdict = string.match(answer, "^(%u+) [%w_]+$")
+  if verdict == "OK" then
+    return dovecot.auth.USERDB_RESULT_OK, {}
+  elseif verdict == "FAIL" then
+    return dovecot.auth.USERDB_RESULT_USER_UNKNOWN, "no such user"
+  end
+  req:log_error("mailmfa-authd: unexpected answer")
+  return dovecot.auth.USERDB_RESULT_INTERNAL_FAILURE, "mailmfa-authd: bad answer"
+end
+
 -- Only auth_password_verify is used for plaintext logins; a credentials lookup
 -- (CRAM-MD5, DIGEST-MD5, ...) cannot work with a password+code, so it is refused.
 function auth_passdb_lookup(req)

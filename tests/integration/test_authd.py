@@ -374,6 +374,38 @@ def test_lua_passdb_imap_login(lua_dovecot, authd, slapd):
     assert "invalid return value" not in log, log[-3000:]
 
 
+def test_lua_userdb_asks_the_daemon_who_exists(dovecot_factory, workdir, sock, authd, slapd):
+    """mailmfa.lua as the userdb too (MFA1 LOOKUP): a directory user exists, with the mail
+    fields the userdb block sets; a name nobody has does not (LMTP, doveadm); and an IMAP
+    login with passdb and userdb both through mailmfa-authd works end to end."""
+    passdb, extra = lua_passdb(sock)
+    script = sock.parent / "mailmfa.lua"
+    home = workdir / "dc-lua-userdb" / "home"
+    if Dovecot.version() >= (2, 4):
+        userdb = (f"driver = lua\nlua_file = {script}\nuse_worker = yes\nlua_settings {{\n"
+                  f"  mailmfa_socket = {sock}\n}}\nfields {{\n  uid = dovecot\n  gid = dovecot\n"
+                  f"  home = {home}/%{{user}}\n}}")
+    else:
+        userdb = (f"driver = lua\nargs = file={script} blocking=yes\n"
+                  f"default_fields = uid=dovecot gid=dovecot home={home}/%u")
+    dc = dovecot_factory(passdb, userdb=userdb, extra=extra, workdir=workdir / "dc-lua-userdb")
+    uid, pw, secret = new_user(slapd, "luau")
+
+    def user(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["doveadm", "-c", str(dc.config_path), "user", name], capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    found = user(uid)
+    assert found.returncode == 0 and f"{home}/{uid}" in found.stdout, found
+    assert f"user={uid} " in authd.log_text() and "reason=userdb_lookup" in authd.log_text()
+    ghost = user("nobody-here-" + uid)
+    assert ghost.returncode != 0 and "exist" in (ghost.stdout + ghost.stderr), ghost
+    wait_for_step_safe()
+    res = dc.imap_login(uid, pw + code_at(secret), source_ip="127.0.0.26")
+    assert res.ok and res.selected, res.text
+    assert "invalid return value" not in dc.log_text(), dc.log_text()[-3000:]
+
+
 def test_lua_keeps_its_connection_and_survives_the_idle_drop(lua_dovecot, authd, slapd):
     first = new_user(slapd, "luaidle")
     second = new_user(slapd, "luaidle")
