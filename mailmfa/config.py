@@ -155,6 +155,8 @@ class Config:
             raise ConfigError(
                 f"{self.path}: [ldap] bind_password_file: cannot read {path}: {exc.strerror}"
             ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{self.path}: [ldap] bind_password_file: {path} is not UTF-8 text") from None
 
 
 def _check_uri(v: str) -> str | None:

@@ -65,6 +65,15 @@ def reuse_enabled(config: Config) -> bool:
     return config.policy.reuse_seconds > 0 and not config.ldap.otp_overlay
 
 
+def _acceptable_name(user: str) -> bool:
+    """A login name mailmfa looks up at all: bounded, no control characters, and no leading,
+    trailing or doubled spaces -- LDAP equality ignores those, so " alice" would log in (or
+    exist, for a userdb) as alice but reach Dovecot as another name: another mailbox path,
+    another reuse and log identity."""
+    return (bool(user) and len(user) <= MAX_USER and not any(ord(c) < 0x20 or c == "\x7f" for c in user)
+            and user == user.strip() and "  " not in user)
+
+
 def authenticate(req: Request, directory: Directory, config: Config, now: float,
                  reuse: ReuseStore | MemoryReuseStore | None = None, *,
                  allow_reuse: bool = True) -> Outcome:
@@ -91,13 +100,7 @@ def authenticate(req: Request, directory: Directory, config: Config, now: float,
 
 def _authenticate(req: Request, directory: Directory, config: Config, now: float,
                   reuse: ReuseStore | MemoryReuseStore | None) -> Outcome:
-    if not req.user or len(req.user) > MAX_USER or len(req.secret) > MAX_SECRET:
-        return _refuse(req, BAD_INPUT)
-    if any(ord(c) < 0x20 or c == "\x7f" for c in req.user):
-        return _refuse(req, BAD_INPUT)
-    if req.user != req.user.strip() or "  " in req.user:
-        # LDAP equality ignores such spaces: " alice" would log in as alice but reach
-        # Dovecot as another name (another mailbox path, another reuse/log identity)
+    if not _acceptable_name(req.user) or len(req.secret) > MAX_SECRET:
         return _refuse(req, BAD_INPUT)
     try:
         record = directory.lookup(req.user)
@@ -174,7 +177,7 @@ def userdb_lookup(directory: Directory, user: str) -> Outcome:
     the DN, REJECT unknown_user, TEMPFAIL when the backend cannot answer. When tokens and
     passwords live apart (CombinedDirectory), the password side decides: SQLite holds only
     enrolled users, and a token whose user is gone is no account."""
-    if not user or len(user) > MAX_USER or any(ord(c) < 0x20 or c == "\x7f" for c in user):
+    if not _acceptable_name(user):
         return Outcome(Verdict.REJECT, UNKNOWN_USER, user)
     try:
         record = directory.lookup(user)

@@ -141,11 +141,14 @@ function auth_userdb_lookup(req)
     req:log_error("mailmfa-authd unreachable: " .. err)
     return dovecot.auth.USERDB_RESULT_INTERNAL_FAILURE, "mailmfa-authd unreachable"
   end
-  local verdict = string.match(answer, "^(%u+) [%w_]+$")
+  local verdict, reason = string.match(answer, "^(%u+) ([%w_]+)$")
   if verdict == "OK" then
     return dovecot.auth.USERDB_RESULT_OK, {}
   elseif verdict == "FAIL" then
     return dovecot.auth.USERDB_RESULT_USER_UNKNOWN, "no such user"
+  elseif verdict == "TEMPFAIL" then
+    req:log_error("mailmfa result=tempfail reason=" .. reason)
+    return dovecot.auth.USERDB_RESULT_INTERNAL_FAILURE, "mailmfa " .. reason
   end
   req:log_error("mailmfa-authd: unexpected answer")
   return dovecot.auth.USERDB_RESULT_INTERNAL_FAILURE, "mailmfa-authd: bad answer"

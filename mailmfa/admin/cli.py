@@ -216,12 +216,13 @@ class _QrFile:
             raise AdminError(f"--qr {path}: {exc.strerror}") from None
         self.path, self.kind, self.fd = path, kind, fd
         try:
-            os.fchmod(fd, 0o600)  # whatever the umask
             st = os.fstat(fd)
+            self._ident = (st.st_dev, st.st_ino)  # before anything else can fail: close() needs it
+            os.fchmod(fd, 0o600)  # whatever the umask
         except OSError as exc:
+            self._ident = getattr(self, "_ident", None)
             self.close(keep=False)
             raise AdminError(f"--qr {path}: {exc.strerror}") from None
-        self._ident = (st.st_dev, st.st_ino)
 
     def write(self, uri: str) -> None:
         import io
@@ -248,7 +249,7 @@ class _QrFile:
         if not keep:
             with contextlib.suppress(OSError):
                 st = os.lstat(self.path)
-                if (st.st_dev, st.st_ino) == self._ident:
+                if self._ident is not None and (st.st_dev, st.st_ino) == self._ident:
                     os.unlink(self.path)
 
 

@@ -179,8 +179,10 @@ def dovecot_checks(dc: Dovecot, pam_file: Callable[[str], str | None]) -> list[C
     if len(others) < len(dc.passdbs):
         # a passdb runs mailmfa: any other that can say yes lets the password alone in
         for p in others:
-            if _flag(p, "deny") or _flag(p, "master"):
-                continue  # a deny list only refuses; master users are the admin's own choice
+            if _flag(p, "deny") or _flag(p, "master") or p.get("skip", p.get("passdb_skip")) == "unauthenticated":
+                # a deny list only refuses; master users are the admin's own choice; a passdb
+                # skipped while nobody authenticated the user is never asked on its own
+                continue
             name = p.get("name") or p["driver"]
             out.append(Check(f"Dovecot passdb {p['driver']} ({name})", False,
                              "a passdb beside mailmfa's: Dovecot asks it when mailmfa refuses, so a "

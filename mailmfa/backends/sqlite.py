@@ -42,6 +42,10 @@ def _rekey(conn: sqlite3.Connection, path: str) -> None:
     keys: dict[str, str] = {}
     for (name,) in rows:
         key = user_key(name)
+        if not key:
+            raise BackendUnavailable(
+                "store_schema", f"{path}: {name!r} is no login name (nothing left of it as one); "
+                f"delete its token first: sqlite3 {path} \"DELETE FROM tokens WHERE user = '...'\"")
         if key in keys:
             raise BackendUnavailable(
                 "store_schema", f"{path}: {keys[key]!r} and {name!r} are one login name to the password check; "

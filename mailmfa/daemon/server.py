@@ -395,6 +395,9 @@ class Daemon:
         except ConfigError as exc:
             self.log({"event": "reload", "result": "error", "error": str(exc), "kept": "old_config"})
             return
+        except Exception as exc:  # noqa: BLE001 - a reload must never stop a running daemon
+            self.log({"event": "reload", "result": "error", "error": type(exc).__name__, "kept": "old_config"})
+            return
         old = self.state
         self.state = _State(config, self._factory)
         self.reuse.seconds = config.policy.reuse_seconds

@@ -264,3 +264,10 @@ def test_schema_2_refuses_two_rows_for_one_name(db):
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     assert sorted(r[0] for r in conn.execute("SELECT user FROM tokens")) == ["Bob", "bob", "erin"]
     conn.close()
+
+
+def test_schema_2_refuses_a_name_with_nothing_left(db):
+    _schema_1_file(db, ["\u00ad", "erin"])  # a soft hyphen alone: no login name at all
+    with pytest.raises(BackendUnavailable) as exc:
+        _store(db).lookup("erin")
+    assert exc.value.reason == "store_schema" and "no login name" in exc.value.detail

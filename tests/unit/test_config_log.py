@@ -35,6 +35,9 @@ def test_good_config(tmp_path):
     assert cfg.ldap.timeout == 2.0 and cfg.policy.require_mfa is True
     assert cfg.read_bind_password() == "s3cret"  # trailing newline ignored
     assert "s3cret" not in repr(cfg)
+    pw.write_bytes(b"\xffs3cret\n")  # not UTF-8: a config error naming the file, not a traceback
+    with pytest.raises(cfgmod.ConfigError, match=f"bind_password_file: {pw} is not UTF-8"):
+        cfg.check_secret_readable()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from mailmfa.config import parse
 from mailmfa.core.record import replace
 from mailmfa.core.totp import hotp
 from mailmfa.core.types import Request, Token, TotpParams, UserRecord, Verdict
-from mailmfa.service import authenticate
+from mailmfa.service import authenticate, userdb_lookup
 
 SECRET = b"0123456789abcdefghij"
 T0 = 1_800_000_010.0  # 10 s into a step
@@ -276,3 +276,21 @@ def test_reuse_enabled_is_the_one_rule_for_every_face(reuse, overlay, expected):
     config = parse({"ldap": {"user_base": "ou=people", "otp_overlay": overlay},
                     "policy": {"reuse_seconds": reuse}})
     assert reuse_enabled(config) is expected
+
+
+def test_userdb_lookup_refuses_the_names_a_login_refuses():
+    """LDAP equality ignores leading, trailing and doubled spaces: " alice" must not exist
+    for a userdb (another home directory) when it cannot log in."""
+    class Spaced(MemDirectory):
+        def lookup(self, user):
+            if self.down:
+                raise BackendUnavailable()
+            return UserRecord(user, "uid=a", self.token) if " ".join(user.split()) == "alice" else None
+
+    d = Spaced()
+    assert userdb_lookup(d, "alice").verdict is Verdict.ACCEPT
+    for name in (" alice", "alice ", "al  ice", "al\tice", "", "a" * 300):
+        out = userdb_lookup(d, name)
+        assert out.verdict is Verdict.REJECT and out.reason == "unknown_user", name
+    d.down = True
+    assert userdb_lookup(d, "alice").verdict is Verdict.TEMPFAIL

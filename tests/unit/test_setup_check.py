@@ -97,7 +97,7 @@ def test_a_passdb_beside_mailmfas_is_a_bypass():
     checks = dovecot_checks(parse_doveconf(ldap), pam({"mailmfa": MAILMFA_PAM}))
     assert [c.ok for c in checks if "ldap" in c.what] == [False]
     # a deny list and a master-user passdb are left alone; without a mailmfa passdb, all are
-    for extra in ("  deny = yes\n", "  master = yes\n"):
+    for extra in ("  deny = yes\n", "  master = yes\n", "  skip = unauthenticated\n"):
         text = ldap.replace("  driver = ldap\n", "  driver = ldap\n" + extra)
         assert all(c.ok for c in dovecot_checks(parse_doveconf(text), pam({"mailmfa": MAILMFA_PAM})))
     only_ldap = "# 2.3.19.1 (9b53102964): x\npassdb {\n  driver = ldap\n}\n"
