@@ -739,13 +739,14 @@ so the procedure can call it for everyone:
 """, cmd_password_restored)
     p.add_argument("user", metavar="USER")
 
-    p = add("check-setup", "look for caches that would accept a used code again", """\
-A cache in front of mailmfa answers a password+code it has accepted once without asking
-mailmfa again, so a replayed code gets in. Checks this machine's Dovecot configuration
-(doveconf) -- 2.3's passdb lua or 2.4's passdb pam with auth_cache_size set, 2.3's
-passdb pam with a cache_key -- saslauthd's -c credential cache in front of a PAM service that
-runs mailmfa, and a passdb pam that asks another PAM service than the one running mailmfa
-(2.4's service_name), and says how to fix each. Reads no mailmfa configuration and changes
+    p = add("check-setup", "look for Dovecot/saslauthd settings that let a login past mailmfa", """\
+Finds the settings around mailmfa that let a login past it. In this machine's Dovecot
+configuration (doveconf): a passdb beside mailmfa's (it accepts the password alone when
+mailmfa refuses), no userdb, a cache that answers a used password+code again (2.3's passdb
+lua or 2.4's passdb pam with auth_cache_size set, 2.3's passdb pam with a cache_key), and a
+passdb pam that asks another PAM service than the one running mailmfa (2.4's service_name);
+and saslauthd's -c credential cache in front of a PAM service that runs mailmfa. Says how to
+fix each. Reads no mailmfa configuration and changes
 nothing. Exit 0 when nothing was found, 1 when something needs fixing.""", cmd_check_setup)
     p.add_argument("--dovecot-config", metavar="FILE", default="/etc/dovecot/dovecot.conf",
                    help="Dovecot's configuration (default /etc/dovecot/dovecot.conf)")

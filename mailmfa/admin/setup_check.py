@@ -175,7 +175,7 @@ def dovecot_checks(dc: Dovecot, pam_file: Callable[[str], str | None]) -> list[C
         out.append(Check("Dovecot userdb", False, "no userdb: Dovecot cannot tell where an accepted "
                          "user's mail lives, so every login fails after mailmfa accepts it",
                          "a userdb in 10-auth.conf: userdb passwd for system accounts, your LDAP or "
-                         "a static one otherwise (README, \"Configure Dovecot\")"))
+                         "a static one otherwise (README, \"Configure Dovecot (2.3)\" / \"(2.4)\")"))
     if len(others) < len(dc.passdbs):
         # a passdb runs mailmfa: any other that can say yes lets the password alone in
         for p in others:

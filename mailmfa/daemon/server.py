@@ -48,7 +48,7 @@ mailmfa-pam and Dovecot's Lua passdb (conf/dovecot/mailmfa.lua) on a UNIX socket
   --foreground     stay in the foreground and log to stderr (systemd, tests);
                    otherwise fork once the socket listens and log to syslog (auth)
   --pid-file FILE  write the daemon's PID there
-  --check          validate the config and exit
+  --check          validate the config, read the secret file, and exit
   --version        print the version and exit
 
 Signals: SIGHUP reloads the config (a bad new config is logged and the old one kept;

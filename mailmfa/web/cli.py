@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE",
                    help="configuration file (default: $MAILMFA_CONFIG, else /etc/mailmfa/mailmfa.toml)")
     p.add_argument("--check", action="store_true",
-                   help="load the configuration and open the session store, then exit")
+                   help="load the configuration, read the secret file, open the session store, then exit")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 
