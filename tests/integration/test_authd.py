@@ -214,15 +214,20 @@ def test_connections_over_the_limit_are_told_busy(workdir_factory, slapd):
         server.stop()
 
 
-def test_background_mode_forks_writes_pid_and_stops_on_sigterm(workdir_factory, slapd):
-    import signal
-
-    wd = workdir_factory()
-    s = wd / "bg.sock"
-    pid_file = wd / "authd.pid"
+def _start_in_background(wd, slapd):  # noqa: ANN001, ANN202
+    """mailmfa-authd as an init script starts it (forks, --pid-file): (socket, pid file,
+    config, the finished starter process)."""
+    s, pid_file = wd / "bg.sock", wd / "authd.pid"
     cfg = write_config(wd, slapd, tail=daemon_toml(s))
     proc = subprocess.run([authd_bin(), "--config", str(cfg), "--pid-file", str(pid_file)],
                           capture_output=True, text=True, timeout=30, check=False)
+    return s, pid_file, cfg, proc
+
+
+def test_background_mode_forks_writes_pid_and_stops_on_sigterm(workdir_factory, slapd):
+    import signal
+
+    s, pid_file, cfg, proc = _start_in_background(workdir_factory(), slapd)
     assert proc.returncode == 0, proc.stderr  # the parent returns once the socket listens
     pid = int(pid_file.read_text())  # ... and once the pid file is complete: no waiting
     try:
@@ -259,12 +264,7 @@ def test_background_start_without_syslog_says_so(workdir_factory, slapd):
 
     if os.path.exists("/dev/log"):
         pytest.skip("a syslog socket exists here")
-    wd = workdir_factory()
-    s = wd / "nolog.sock"
-    pid_file = wd / "nolog.pid"
-    cfg = write_config(wd, slapd, tail=daemon_toml(s))
-    proc = subprocess.run([authd_bin(), "--config", str(cfg), "--pid-file", str(pid_file)],
-                          capture_output=True, text=True, timeout=30, check=False)
+    s, pid_file, _, proc = _start_in_background(workdir_factory(), slapd)
     try:
         assert proc.returncode == 0 and "no /dev/log" in proc.stderr and "--foreground" in proc.stderr, proc
     finally:
