@@ -605,9 +605,10 @@ def main(argv: list[str] | None = None) -> int:
         what = f"group {config.daemon.group!r} does not exist" if isinstance(exc, KeyError) else str(exc)
         sys.stderr.write(f"mailmfa-authd: cannot listen on {config.daemon.socket}: {what}\n")
         return EXIT_LISTEN
-    # held from here until serve() has its handlers: a SIGTERM right after the start (the pid
-    # file is written before the LDAP warm-up) would otherwise kill the daemon by default
-    # action and leave its socket and pid file behind
+    # held from here until serve() has its handlers and wakeup pipe: a SIGTERM right after the
+    # start (the pid file is written before the LDAP warm-up) would otherwise kill the daemon
+    # by default action, leaving its socket and pid file, or be swallowed by a handler whose
+    # wakeup pipe is not set yet, leaving a daemon deaf to SIGTERM
     signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
     if not opts["foreground"] and not os.path.exists("/dev/log"):
         sys.stderr.write("mailmfa-authd: warning: no /dev/log (no syslog daemon): its log lines will be "

@@ -259,7 +259,8 @@ def test_background_start_without_syslog_says_so(workdir_factory, slapd):
     """Forked, the daemon logs to syslog; with no /dev/log those lines would vanish unnoticed.
     Also: a SIGTERM at once after the start (before the LDAP warm-up is done) still stops it
     cleanly -- main() holds the signals until the handlers are in place (it used to die by
-    default action, leaving its socket and pid file)."""
+    default action, leaving its socket and pid file, or, a moment later, to swallow the signal
+    in a handler with no wakeup pipe yet and ignore SIGTERM from then on)."""
     import signal
 
     if os.path.exists("/dev/log"):
