@@ -118,80 +118,70 @@ def uses_mailmfa(pam_text: str) -> bool:
 
 def dovecot_checks(dc: Dovecot, pam_file: Callable[[str], str | None]) -> list[Check]:
     """The Dovecot rules. `pam_file(service)` returns /etc/pam.d/SERVICE's text or None."""
-    v = ".".join(map(str, dc.version)) or "?"
-    out: list[Check] = []
-    other_pam: list[str] = []  # passdb pam services that do not run mailmfa
-    others: list[dict[str, str]] = []  # passdbs that do not run mailmfa
-    for p in dc.passdbs:
-        driver = p["driver"]
-        if not _runs_mailmfa(p, dc.version, pam_file):
-            others.append(p)
-        if driver == "lua" and "mailmfa" in (p.get("args", "") + p.get("lua_file", "")):
-            what = "Dovecot passdb lua (mailmfa.lua)"
-            if dc.version >= (2, 4):
-                out.append(Check(what, True, f"Dovecot {v} caches a Lua passdb only for a script with "
-                                 "auth_passdb_get_cache_key; mailmfa.lua has none"))
-            elif not dc.auth_cache:
-                out.append(Check(what, True, "auth cache off (auth_cache_size = 0)"))
-            else:
-                # a cache_key=%u%{session} keeps IMAP/POP3 logins apart, but SMTP AUTH through
-                # Dovecot's auth socket (Postfix) has no session: its key is the user name alone
-                out.append(Check(what, False, f"auth cache on and Dovecot {v} caches this passdb: a used "
-                                 "password+code is accepted again from the cache (a per-connection "
-                                 "cache_key does not cover SMTP AUTH, which has no session)",
-                                 "auth_cache_size = 0 (conf/dovecot/auth-mailmfa-lua.conf.ext sets it)"))
-        elif driver == "pam":
-            service = _pam_service(p, dc.version)
-            text = pam_file(service)
-            if text is None or not uses_mailmfa(text):
-                other_pam.append(service)  # none of our business, unless it should have been (below)
-                continue
-            what = f"Dovecot passdb pam (PAM service {service})"
-            cache_key = _arg(p.get("args", ""), "cache_key") if dc.version < (2, 4) else ""
-            if not dc.auth_cache:
-                out.append(Check(what, True, "auth cache off (auth_cache_size = 0)"))
-            elif dc.version >= (2, 4) or cache_key:
-                fix = ("auth_cache_size = 0 (conf/dovecot/auth-mailmfa-pam-2.4.conf.ext sets it), or the Lua passdb"
-                       if dc.version >= (2, 4) else "remove cache_key= from this passdb's args")
-                out.append(Check(what, False, f"auth cache on and Dovecot {v} caches this passdb's successes: "
-                                 "a used password+code is accepted again from the cache", fix))
-            else:
-                out.append(Check(what, True, f"Dovecot {v} keeps no cache for passdb pam without cache_key="))
-        elif driver == "checkpassword" and "mailmfa" in p.get("args", ""):
-            out.append(Check("Dovecot passdb checkpassword (mailmfa-checkpassword)", True,
-                             "checkpassword passdbs are not cached"))
-    if not out and other_pam and uses_mailmfa(pam_file("mailmfa") or ""):
-        # PAM service "mailmfa" is installed, yet Dovecot's passdb pam asks another one: the
-        # 2.4 mistake of a bare `service_name` (another setting, ignored) leaves "dovecot"
-        fix = ("passdb_pam_service_name = mailmfa inside the passdb block (the full name: a bare "
-               "service_name is another setting)" if dc.version >= (2, 4) else "args = mailmfa in this passdb")
-        for service in other_pam:
-            out.append(Check(f"Dovecot passdb pam (PAM service {service})", False,
-                             f"PAM service {service} does not run mailmfa (the PAM service mailmfa does): "
-                             "logins through this passdb need no code", fix))
-    if len(others) < len(dc.passdbs) and not dc.userdbs:
+    ours = [p for p in dc.passdbs if _runs_mailmfa(p, dc.version, pam_file)]
+    others = [p for p in dc.passdbs if p not in ours]
+    if not ours:
+        other_pam = [_pam_service(p, dc.version) for p in others if p["driver"] == "pam"]
+        if other_pam and uses_mailmfa(pam_file("mailmfa") or ""):
+            # PAM service "mailmfa" is installed, yet Dovecot's passdb pam asks another one: the
+            # 2.4 mistake of a bare `service_name` (another setting, ignored) leaves "dovecot"
+            fix = ("passdb_pam_service_name = mailmfa inside the passdb block (the full name: a bare "
+                   "service_name is another setting)" if dc.version >= (2, 4) else "args = mailmfa in this passdb")
+            return [Check(f"Dovecot passdb pam (PAM service {service})", False,
+                          f"PAM service {service} does not run mailmfa (the PAM service mailmfa does): "
+                          "logins through this passdb need no code", fix) for service in other_pam]
+        return [Check("Dovecot", True, "no passdb runs mailmfa (nothing to check)")]
+    out = [_cache_check(p, dc) for p in ours]
+    if not dc.userdbs:
         # the snippets leave the userdb to the admin; without one every accepted login fails
         # after mailmfa said yes ("User is missing UID", "user not found from any userdbs")
         out.append(Check("Dovecot userdb", False, "no userdb: Dovecot cannot tell where an accepted "
                          "user's mail lives, so every login fails after mailmfa accepts it",
                          "a userdb in 10-auth.conf: userdb passwd for system accounts, your LDAP or "
                          "a static one otherwise (README, \"Configure Dovecot (2.3)\" / \"(2.4)\")"))
-    if len(others) < len(dc.passdbs):
-        # a passdb runs mailmfa: any other that can say yes lets the password alone in
-        for p in others:
-            if _flag(p, "deny") or _flag(p, "master") or p.get("skip", p.get("passdb_skip")) == "unauthenticated":
-                # a deny list only refuses; master users are the admin's own choice; a passdb
-                # skipped while nobody authenticated the user is never asked on its own
-                continue
-            name = p.get("name") or p["driver"]
-            out.append(Check(f"Dovecot passdb {p['driver']} ({name})", False,
-                             "a passdb beside mailmfa's: Dovecot asks it when mailmfa refuses, so a "
-                             "login it accepts (the password alone) needs no code",
-                             "remove this passdb (keep its userdb if Dovecot needs that); "
-                             "deny = yes or master = yes if that is its purpose"))
-    if not out:
-        out.append(Check("Dovecot", True, "no passdb runs mailmfa (nothing to check)"))
+    for p in others:  # any other passdb that can say yes lets the password alone in
+        if _flag(p, "deny") or _flag(p, "master") or p.get("skip", p.get("passdb_skip")) == "unauthenticated":
+            # a deny list only refuses; master users are the admin's own choice; a passdb
+            # skipped while nobody authenticated the user is never asked on its own
+            continue
+        name = p.get("name") or p["driver"]
+        out.append(Check(f"Dovecot passdb {p['driver']} ({name})", False,
+                         "a passdb beside mailmfa's: Dovecot asks it when mailmfa refuses, so a "
+                         "login it accepts (the password alone) needs no code",
+                         "remove this passdb (keep its userdb if Dovecot needs that); "
+                         "deny = yes or master = yes if that is its purpose"))
     return out
+
+
+def _cache_check(p: dict[str, str], dc: Dovecot) -> Check:
+    """Whether Dovecot answers this mailmfa passdb from its auth cache (a used code again)."""
+    v = ".".join(map(str, dc.version)) or "?"
+    if p["driver"] == "lua":
+        what = "Dovecot passdb lua (mailmfa.lua)"
+        if dc.version >= (2, 4):
+            return Check(what, True, f"Dovecot {v} caches a Lua passdb only for a script with "
+                         "auth_passdb_get_cache_key; mailmfa.lua has none")
+        if not dc.auth_cache:
+            return Check(what, True, "auth cache off (auth_cache_size = 0)")
+        # a cache_key=%u%{session} keeps IMAP/POP3 logins apart, but SMTP AUTH through
+        # Dovecot's auth socket (Postfix) has no session: its key is the user name alone
+        return Check(what, False, f"auth cache on and Dovecot {v} caches this passdb: a used "
+                     "password+code is accepted again from the cache (a per-connection "
+                     "cache_key does not cover SMTP AUTH, which has no session)",
+                     "auth_cache_size = 0 (conf/dovecot/auth-mailmfa-lua.conf.ext sets it)")
+    if p["driver"] == "pam":
+        what = f"Dovecot passdb pam (PAM service {_pam_service(p, dc.version)})"
+        cache_key = _arg(p.get("args", ""), "cache_key") if dc.version < (2, 4) else ""
+        if not dc.auth_cache:
+            return Check(what, True, "auth cache off (auth_cache_size = 0)")
+        if dc.version >= (2, 4) or cache_key:
+            fix = ("auth_cache_size = 0 (conf/dovecot/auth-mailmfa-pam-2.4.conf.ext sets it), or the Lua passdb"
+                   if dc.version >= (2, 4) else "remove cache_key= from this passdb's args")
+            return Check(what, False, f"auth cache on and Dovecot {v} caches this passdb's successes: "
+                         "a used password+code is accepted again from the cache", fix)
+        return Check(what, True, f"Dovecot {v} keeps no cache for passdb pam without cache_key=")
+    return Check("Dovecot passdb checkpassword (mailmfa-checkpassword)", True,
+                 "checkpassword passdbs are not cached")
 
 
 def _flag(passdb: dict[str, str], name: str) -> bool:
