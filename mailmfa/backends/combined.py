@@ -58,6 +58,18 @@ class CombinedDirectory:
             self.store.close()
 
 
+def password_checker(cfg: Any) -> Any:
+    """The PasswordChecker `[password] backend` names: the login's password factor, and for
+    the admin side and userdb lookups the one that says which users exist."""
+    if cfg.password.backend == "pam":
+        from mailmfa.backends.pampw import PamPassword
+
+        return PamPassword(cfg.password.pam_service)
+    from mailmfa.backends.ldap import LdapDirectory
+
+    return LdapPassword(LdapDirectory(cfg))
+
+
 class LdapPassword:
     """PasswordChecker by binding as the user's LDAP entry (tokens kept elsewhere)."""
 

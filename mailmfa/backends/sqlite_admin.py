@@ -14,10 +14,10 @@ that is neither is refused (UnknownUser): a typo must not create a token nobody 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from mailmfa.backends.pampw import system_user_exists
+from mailmfa.backends.combined import password_checker
 from mailmfa.backends.ports import AdminError, AlreadyEnrolled, NotEnrolled, UnknownUser
 from mailmfa.backends.sqlite import SqliteStore
 from mailmfa.config import Config
@@ -27,35 +27,16 @@ from mailmfa.core.types import TokenState, TotpParams
 MAX_USER = 256  # as the login path and the LDAP admin
 
 
-class _LdapUserExists:
-    """Existence by LDAP lookup, for SQLite tokens beside LDAP passwords."""
-
-    def __init__(self, config: Config) -> None:
-        from mailmfa.backends.ldap import LdapDirectory
-
-        self.directory = LdapDirectory(config)
-
-    def __call__(self, user: str) -> bool:
-        return self.directory.lookup(user) is not None
-
-    def close(self) -> None:
-        self.directory.close()
-
-
 class SqliteTokenAdmin:
     """TokenAdmin port over SqliteStore. One instance per command; not thread-safe.
 
-    `user_exists` defaults to what `[password] backend` implies (see the module doc).
-    """
+    Which users exist is the `[password] backend`'s answer (see the module doc): the same
+    checker a login's password goes to."""
 
-    def __init__(self, config: Config, store: SqliteStore | None = None,
-                 user_exists: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, config: Config, store: SqliteStore | None = None) -> None:
         self.config = config
         self.store = store or SqliteStore(config.store.path, config.store.timeout)
-        if user_exists is None:
-            user_exists = (_LdapUserExists(config) if config.password.backend == "ldap"
-                           else system_user_exists)
-        self._user_exists: Any = user_exists
+        self.password: Any = password_checker(config)
 
     # -- users ----------------------------------------------------------------------------
     def _check_name(self, user: str) -> None:
@@ -63,7 +44,7 @@ class SqliteTokenAdmin:
             raise UnknownUser(f"{user!r}: not a valid user name")
 
     def _require_user(self, user: str, info: TokenState | None) -> None:
-        if info is None and not self._user_exists(user):
+        if info is None and not self.password.exists(user):
             where = "in the directory" if self.config.password.backend == "ldap" else "on this system"
             raise UnknownUser(f"{user}: no such user {where}")
 
@@ -115,8 +96,6 @@ class SqliteTokenAdmin:
 
     def close(self) -> None:
         try:
-            close = getattr(self._user_exists, "close", None)
-            if close is not None:
-                close()
+            self.password.close()
         finally:
             self.store.close()

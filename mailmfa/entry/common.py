@@ -35,7 +35,7 @@ def build_directory(cfg: Any) -> Any:
         from mailmfa.backends.ldap import LdapDirectory
 
         return LdapDirectory(cfg)
-    from mailmfa.backends.combined import CombinedDirectory, LdapPassword
+    from mailmfa.backends.combined import CombinedDirectory, password_checker
 
     if store_kind == "sqlite":
         from mailmfa.backends.sqlite import SqliteStore
@@ -45,15 +45,7 @@ def build_directory(cfg: Any) -> Any:
         from mailmfa.backends.ldap import LdapDirectory
 
         store = LdapDirectory(cfg)
-    if password_kind == "pam":
-        from mailmfa.backends.pampw import PamPassword
-
-        password: Any = PamPassword(cfg.password.pam_service)
-    else:
-        from mailmfa.backends.ldap import LdapDirectory
-
-        password = LdapPassword(LdapDirectory(cfg))
-    return CombinedDirectory(store, password, absent_is_tokenless=store_kind == "sqlite")
+    return CombinedDirectory(store, password_checker(cfg), absent_is_tokenless=store_kind == "sqlite")
 
 
 def build_token_admin(cfg: Any) -> Any:
