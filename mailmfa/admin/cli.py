@@ -215,12 +215,12 @@ class _QrFile:
         except OSError as exc:
             raise AdminError(f"--qr {path}: {exc.strerror}") from None
         self.path, self.kind, self.fd = path, kind, fd
+        self._ident: tuple[int, int] | None = None  # the file we made, for close()
         try:
             st = os.fstat(fd)
-            self._ident = (st.st_dev, st.st_ino)  # before anything else can fail: close() needs it
+            self._ident = (st.st_dev, st.st_ino)
             os.fchmod(fd, 0o600)  # whatever the umask
         except OSError as exc:
-            self._ident = getattr(self, "_ident", None)
             self.close(keep=False)
             raise AdminError(f"--qr {path}: {exc.strerror}") from None
 
@@ -507,7 +507,8 @@ def cmd_diagnose(ctx: Ctx) -> int:
     state = _enrolled_state(ctx, args.user)
     assert state.secret is not None and state.params is not None
     code = _code_arg(ctx, args.code, state.params)
-    d = core.diagnose(state.secret, code, ctx.clock(), state.params, state.drift, state.last_step)
+    d = core.diagnose(state.secret, code, ctx.clock(), state.params, state.drift, state.last_step,
+                      user=state.user)
     if args.json:
         ctx.json({
             "user": state.user, "matched": d.matched, "offset_steps": d.offset_steps,
@@ -515,10 +516,10 @@ def cmd_diagnose(ctx: Ctx) -> int:
             "clock": _clock_words(d.offset_steps) if d.offset_steps is not None else None,
             "in_window": d.in_window, "already_used": d.already_used, "accepted_now": d.accepted_now,
             "drift_steps": state.drift, "window": state.params.window,
-            "other_offsets_steps": list(d.other_offsets), "message": d.message.replace("USER", state.user),
+            "other_offsets_steps": list(d.other_offsets), "message": d.message,
         })
     else:
-        ctx.say(d.message.replace("USER", state.user))  # the same text as --json's "message"
+        ctx.say(d.message)
         if d.other_offsets:
             ctx.say(f"(The code also matches {len(d.other_offsets)} other time(s) within 24 hours: "
                     "a chance repeat; ask for another code to be sure.)")

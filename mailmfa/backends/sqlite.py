@@ -51,9 +51,9 @@ def _rekey(conn: sqlite3.Connection, path: str) -> None:
                 "store_schema", f"{path}: {keys[key]!r} and {name!r} are one login name to the password check; "
                 f"delete one token first: sqlite3 {path} \"DELETE FROM tokens WHERE user = '...'\"")
         keys[key] = name
-    for (name,) in rows:
-        if user_key(name) != name:
-            conn.execute("UPDATE tokens SET user = ? WHERE user = ?", (user_key(name), name))
+    for key, name in keys.items():
+        if key != name:
+            conn.execute("UPDATE tokens SET user = ? WHERE user = ?", (key, name))
 
 
 # version -> statements (or functions of the connection and path) that bring the schema

@@ -49,12 +49,9 @@ def _digest(key: bytes, user: str, secret: str, rip: str, token: bytes) -> bytes
     """Length-prefixed fields, so ("ab","c") and ("a","bc") never collide. `token` is the
     token's secret: it only ever enters the HMAC, so it is never stored."""
     mac = hmac.new(key, digestmod=hashlib.sha256)
-    for part in (user, secret, rip):
-        raw = part.encode("utf-8", "surrogatepass")
+    for raw in (*(f.encode("utf-8", "surrogatepass") for f in (user, secret, rip)), token):
         mac.update(len(raw).to_bytes(4, "big"))
         mac.update(raw)
-    mac.update(len(token).to_bytes(4, "big"))
-    mac.update(token)
     return mac.digest()
 
 
@@ -89,8 +86,7 @@ class ReuseStore:
         try:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
-            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reuse'").fetchone():
-                db.execute("DROP TABLE IF EXISTS reuse")  # an earlier version's format (see above)
+            db.execute("DROP TABLE IF EXISTS reuse")  # an earlier version's format (see above)
             db.execute("CREATE TABLE IF NOT EXISTS reuse_v2 (digest BLOB PRIMARY KEY, remembered REAL NOT NULL)")
             db.execute("INSERT OR IGNORE INTO meta VALUES ('key', ?)", (os.urandom(32),))
             row = db.execute("SELECT value FROM meta WHERE name = 'key'").fetchone()

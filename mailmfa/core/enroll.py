@@ -129,9 +129,10 @@ class Diagnosis:
 
 
 def diagnose(secret: bytes, code: str, now: float, params: TotpParams, drift: int = 0,
-             last_step: int | None = None, horizon: int = SEARCH_HORIZON) -> Diagnosis:
+             last_step: int | None = None, horizon: int = SEARCH_HORIZON, user: str = "USER") -> Diagnosis:
     """Which step within ±`horizon` seconds `code` matches, and why a login would take or
-    refuse it. Read-only by construction: it returns facts, it records nothing."""
+    refuse it. Read-only by construction: it returns facts, it records nothing. `user`
+    goes into the commands the message suggests."""
     now_step = time_step(now, params.period)
     steps = matching_steps(secret, code, now_step, _horizon_steps(params.period, horizon),
                            params.digits, params.algorithm)
@@ -140,7 +141,7 @@ def diagnose(secret: bytes, code: str, now: float, params: TotpParams, drift: in
             "The code matches none of this token's codes within 24 hours either side of now: "
             "the app is showing another account's code, or its key was typed wrongly or "
             "replaced since. Check the account name in the app; if in doubt, enrol again "
-            "(mailmfa enroll --replace USER)."))
+            f"(mailmfa enroll --replace {user})."))
     center = now_step + drift
     step = min(steps, key=lambda s: (abs(s - center), s))
     offset = step - now_step
@@ -168,7 +169,7 @@ def diagnose(secret: bytes, code: str, now: float, params: TotpParams, drift: in
         else:
             msg += "the phone's clock is right, but the learned drift no longer fits"
         msg += (" — turn on automatic time (network time) on the phone, or store the offset "
-                "with: mailmfa resync USER CODE1 CODE2.")
+                f"with: mailmfa resync {user} CODE1 CODE2.")
         if drift:
             msg += f" (The login checks around {drift:+d} steps from now because of the learned drift.)"
         if used:

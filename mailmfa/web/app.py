@@ -268,7 +268,7 @@ def create_app(
         deliberate request, not a mail client's burst of parallel connections, so a
         password+code is good here exactly once (strict replay refusal). Nor does a web
         sign-in leave an entry a mail login (or another sign-in from the same address)
-        could reuse; the window's service field keeps mail protocols apart likewise."""
+        could reuse."""
         from mailmfa.service import authenticate as core_authenticate
 
         req = AuthRequest(user, secret, SERVICE, request.remote_addr or "")
